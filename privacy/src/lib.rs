@@ -1,0 +1,1 @@
+//! Differential privacy and accounting (opendp). Filled by the privacy issue; deliberately empty until then.

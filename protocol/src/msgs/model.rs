@@ -1,0 +1,52 @@
+//! The global model, downloaded in chunks so neither side holds it twice.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ContentHash;
+use crate::frame::MAX_MODEL_CHUNK_BYTES;
+
+/// Identifies a model blob and how it will be chunked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelManifest {
+    pub version: u64,
+    pub content_hash: ContentHash,
+    pub total_bytes: u64,
+    pub chunk_bytes: u32,
+}
+
+/// One piece of a model blob. Chunks carry their offset, so they may travel on parallel
+/// streams and arrive in any order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelChunk {
+    pub version: u64,
+    pub offset: u64,
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+/// The byte ranges a manifest's blob is cut into. An empty iterator for a zero-length blob;
+/// a chunk size of 0 or above [`MAX_MODEL_CHUNK_BYTES`] is clamped into range.
+pub fn chunk_ranges(manifest: &ModelManifest) -> impl Iterator<Item = std::ops::Range<u64>> {
+    let step = u64::from(manifest.chunk_bytes).clamp(1, MAX_MODEL_CHUNK_BYTES as u64);
+    let total = manifest.total_bytes;
+    (0..total.div_ceil(step)).map(move |i| i * step..((i + 1) * step).min(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_cover_the_blob_exactly_once() {
+        let m = |total, chunk| ModelManifest {
+            version: 1,
+            content_hash: [0; 32],
+            total_bytes: total,
+            chunk_bytes: chunk,
+        };
+        assert_eq!(chunk_ranges(&m(10, 4)).collect::<Vec<_>>(), vec![0..4, 4..8, 8..10]);
+        assert_eq!(chunk_ranges(&m(8, 4)).count(), 2);
+        assert_eq!(chunk_ranges(&m(0, 4)).count(), 0);
+        assert_eq!(chunk_ranges(&m(3, 0)).count(), 3);
+    }
+}
