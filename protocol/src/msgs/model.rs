@@ -24,6 +24,26 @@ pub struct ModelChunk {
     pub bytes: Vec<u8>,
 }
 
+impl ModelChunk {
+    /// The frame header and body prefix of a chunk of `len` bytes, so a sender can write the
+    /// chunk straight from its model buffer after it: `prefix ++ bytes` is exactly the frame
+    /// `Message::ModelChunk(..).encode()` would build, without copying the bytes twice.
+    pub fn frame_prefix(version: u64, offset: u64, len: usize) -> Vec<u8> {
+        use crate::frame::{FrameHeader, HEADER_LEN, MessageKind};
+        let mut out = vec![0u8; HEADER_LEN];
+        out = postcard::to_extend(&(version, offset, len as u64), out).expect("writing to a Vec cannot fail");
+        let body_len = (out.len() - HEADER_LEN + len) as u32;
+        out[..HEADER_LEN].copy_from_slice(
+            &FrameHeader {
+                kind: MessageKind::ModelChunk,
+                body_len,
+            }
+            .to_bytes(),
+        );
+        out
+    }
+}
+
 /// The byte ranges a manifest's blob is cut into. An empty iterator for a zero-length blob;
 /// a chunk size of 0 or above [`MAX_MODEL_CHUNK_BYTES`] is clamped into range.
 pub fn chunk_ranges(manifest: &ModelManifest) -> impl Iterator<Item = std::ops::Range<u64>> {
@@ -48,5 +68,22 @@ mod tests {
         assert_eq!(chunk_ranges(&m(8, 4)).count(), 2);
         assert_eq!(chunk_ranges(&m(0, 4)).count(), 0);
         assert_eq!(chunk_ranges(&m(3, 0)).count(), 3);
+    }
+
+    #[test]
+    fn frame_prefix_plus_bytes_is_the_encoded_frame() {
+        for len in [0usize, 1, 127, 128, 70_000] {
+            let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut frame = ModelChunk::frame_prefix(9, 1 << 40, len);
+            frame.extend_from_slice(&bytes);
+            let encoded = crate::Message::ModelChunk(ModelChunk {
+                version: 9,
+                offset: 1 << 40,
+                bytes,
+            })
+            .encode()
+            .unwrap();
+            assert_eq!(frame, encoded, "len {len}");
+        }
     }
 }

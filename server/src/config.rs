@@ -1,0 +1,146 @@
+//! The aggregator's TOML configuration. `init` writes it with every default spelled out and
+//! explained, so the file is its own documentation.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use fedfuse_transport::TransportTuning;
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_AGGREGATOR_NAME: &str = "aggregator.fedfuse.local";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7450";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSection {
+    pub listen: SocketAddr,
+    pub name: String,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            name: DEFAULT_AGGREGATOR_NAME.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PkiSection {
+    /// The platform directory holding the CA, the aggregator's key and the CRL; relative
+    /// paths are taken from the config file's directory.
+    pub dir: PathBuf,
+}
+
+impl Default for PkiSection {
+    fn default() -> Self {
+        Self { dir: PathBuf::from(".") }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub server: ServerSection,
+    pub pki: PkiSection,
+    pub transport: TransportTuning,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+}
+
+impl ServerConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        if config.pki.dir.is_relative() {
+            config.pki.dir = path.parent().unwrap_or(Path::new(".")).join(&config.pki.dir);
+        }
+        Ok(config)
+    }
+
+    /// The configuration as TOML, every field commented.
+    pub fn to_commented_toml(&self) -> String {
+        let t = &self.transport;
+        format!(
+            r#"# fedfuse aggregator configuration, written by `fedfuse-server init`.
+# Every value below is the default unless `init` was told otherwise.
+
+[server]
+# UDP address the aggregator's QUIC endpoint listens on.
+listen = "{listen}"
+# The name stores check the aggregator's certificate against; it must be one of the names
+# `init` put in aggregator.pem (see `init --aggregator-name` and `--san`).
+name = "{name}"
+
+[pki]
+# Directory with ca.pem, aggregator.pem/.key and crl.pem; relative to this file.
+dir = "{dir}"
+
+[transport]
+# Per-stream and per-connection receive windows in bytes. Large windows let one connection
+# carry a model update at full speed; they bound what a peer can make us buffer.
+stream_window = {sw}
+connection_window = {cw}
+# Bytes in flight unacknowledged, across all streams.
+send_window = {snd}
+# Messages (one stream each) a peer may have open toward us at once.
+max_concurrent_streams = {mcs}
+# Starting MTU (1200 is safe everywhere) and the highest MTU discovery may probe; discovery
+# keeps only what the path acknowledges.
+initial_mtu = {imtu}
+mtu_discovery_upper_bound = {umtu}
+# Hand large sends to the kernel in one call (UDP GSO) where supported.
+segmentation_offload = {gso}
+# Keep-alive probe interval and idle timeout, in milliseconds.
+keep_alive_ms = {ka}
+idle_timeout_ms = {idle}
+"#,
+            listen = self.server.listen,
+            name = self.server.name,
+            dir = self.pki.dir.display(),
+            sw = t.stream_window,
+            cw = t.connection_window,
+            snd = t.send_window,
+            mcs = t.max_concurrent_streams,
+            imtu = t.initial_mtu,
+            umtu = t.mtu_discovery_upper_bound,
+            gso = t.segmentation_offload,
+            ka = t.keep_alive_ms,
+            idle = t.idle_timeout_ms,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_commented_template_parses_back_to_the_same_config() {
+        let mut config = ServerConfig::default();
+        config.server.name = "agg.example".into();
+        config.transport.stream_window = 12345;
+        let parsed: ServerConfig = toml::from_str(&config.to_commented_toml()).unwrap();
+        assert_eq!(parsed, config);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_not_silently_ignored() {
+        let err = toml::from_str::<ServerConfig>("[server]\nlisten_addr = \"1.2.3.4:5\"\n").unwrap_err();
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+}
