@@ -1,1 +1,7 @@
+//! The `fedfuse` package holds the project's runnable examples (`examples/`), its cross-crate
+//! integration tests (`tests/`) and its benchmarks (`benches/`). The library itself lives in
+//! the workspace crates it re-exports.
 
+pub use fedfuse_protocol as protocol;
+pub use fedfuse_server as server;
+pub use fedfuse_transport as transport;

@@ -86,7 +86,12 @@ async fn serve_one_session(conn: PeerConnection, model: Vec<u8>) -> Result<Strin
     // turns the decode error into the refusal.
     let hello = match conn.recv().await {
         Ok(Message::Hello(h)) => Ok(h),
-        Ok(other) => return Err(TransportError::Unexpected { expected: "Hello", got: other.kind() }),
+        Ok(other) => {
+            return Err(TransportError::Unexpected {
+                expected: "Hello",
+                got: other.kind(),
+            });
+        }
         Err(TransportError::Decode(e)) => Err(e),
         Err(e) => return Err(e),
     };
@@ -109,10 +114,18 @@ async fn serve_one_session(conn: PeerConnection, model: Vec<u8>) -> Result<Strin
     let m = manifest(3, &model, 1000);
     conn.send(&Message::RoundOffer(offer(1, m.clone()))).await?;
     conn.send_model(&m, &model).await?;
-    let Message::Heartbeat(hb) = conn.expect("Heartbeat", MessageKind::Heartbeat).await? else { unreachable!() };
-    conn.send(&Message::Heartbeat(Heartbeat { seq: hb.seq + 1, unix_ms: hb.unix_ms })).await?;
+    let Message::Heartbeat(hb) = conn.expect("Heartbeat", MessageKind::Heartbeat).await? else {
+        unreachable!()
+    };
+    conn.send(&Message::Heartbeat(Heartbeat {
+        seq: hb.seq + 1,
+        unix_ms: hb.unix_ms,
+    }))
+    .await?;
     for _ in 0..2 {
-        let Message::UpdateUpload(up) = conn.expect("UpdateUpload", MessageKind::UpdateUpload).await? else { unreachable!() };
+        let Message::UpdateUpload(up) = conn.expect("UpdateUpload", MessageKind::UpdateUpload).await? else {
+            unreachable!()
+        };
         let reply = if up.base_model_version != 3 {
             Message::UpdateRejected(UpdateRejected {
                 round_id: up.round_id,
@@ -122,7 +135,7 @@ async fn serve_one_session(conn: PeerConnection, model: Vec<u8>) -> Result<Strin
                 },
             })
         } else {
-            let values = up.tensors[0].to_f32()?;
+            let values = up.tensors[0].to_f32(&[2, 3])?;
             assert_eq!(values.len(), 6);
             Message::UpdateAccepted(UpdateAccepted {
                 round_id: up.round_id,
@@ -131,8 +144,13 @@ async fn serve_one_session(conn: PeerConnection, model: Vec<u8>) -> Result<Strin
         };
         conn.send(&reply).await?;
     }
-    let Message::Bye(bye) = conn.expect("Bye", MessageKind::Bye).await? else { unreachable!() };
-    conn.send(&Message::Bye(Bye { reason: "see you".into() })).await?;
+    let Message::Bye(bye) = conn.expect("Bye", MessageKind::Bye).await? else {
+        unreachable!()
+    };
+    conn.send(&Message::Bye(Bye {
+        reason: "see you".into(),
+    }))
+    .await?;
     conn.close_gracefully("session over", Duration::from_secs(5)).await;
     Ok(bye.reason)
 }
@@ -155,7 +173,16 @@ fn upload(base_model_version: u64) -> Message {
             epsilon_total: 0.9,
             ledger_entry_hash: [1; 32],
         }),
-        tensors: vec![NamedTensor::encode("head.weight", &[2, 3], &[0.1, -0.2, 0.3, 0.0, 0.5, -0.6], UpdateEncoding::Dense(ValueEncoding::Int8), 1).unwrap()],
+        tensors: vec![
+            NamedTensor::encode(
+                "head.weight",
+                &[2, 3],
+                &[0.1, -0.2, 0.3, 0.0, 0.5, -0.6],
+                UpdateEncoding::Dense(ValueEncoding::Int8),
+                1,
+            )
+            .unwrap(),
+        ],
     })
 }
 
@@ -171,19 +198,32 @@ async fn a_valid_store_exchanges_every_message_kind() {
     };
     let store = async {
         let (_endpoint, conn) = connect(&bundle, p.addr).await.unwrap();
-        conn.send(&Message::Hello(Hello::current("fedfuse-test", caps()))).await.unwrap();
-        let Message::Welcome(w) = conn.recv().await.unwrap() else { panic!("no welcome") };
+        conn.send(&Message::Hello(Hello::current("fedfuse-test", caps())))
+            .await
+            .unwrap();
+        let Message::Welcome(w) = conn.recv().await.unwrap() else {
+            panic!("no welcome")
+        };
         // The aggregator knows the store by its certificate.
         assert_eq!(w.store_id, "berlin-01");
         assert_eq!(w.capabilities.update_encodings, UpdateEncoding::ALL.to_vec());
-        let Message::RoundOffer(o) = conn.recv().await.unwrap() else { panic!("no offer") };
+        let Message::RoundOffer(o) = conn.recv().await.unwrap() else {
+            panic!("no offer")
+        };
         assert_eq!(o, offer(1, manifest(3, &model, 1000)));
         let got = conn.recv_model(&o.model, 1 << 20).await.unwrap();
         assert_eq!(got, model);
-        conn.send(&Message::Heartbeat(Heartbeat { seq: 41, unix_ms: 5 })).await.unwrap();
-        assert_eq!(conn.recv().await.unwrap(), Message::Heartbeat(Heartbeat { seq: 42, unix_ms: 5 }));
+        conn.send(&Message::Heartbeat(Heartbeat { seq: 41, unix_ms: 5 }))
+            .await
+            .unwrap();
+        assert_eq!(
+            conn.recv().await.unwrap(),
+            Message::Heartbeat(Heartbeat { seq: 42, unix_ms: 5 })
+        );
         conn.send(&upload(2)).await.unwrap();
-        let Message::UpdateRejected(r) = conn.recv().await.unwrap() else { panic!("stale update accepted") };
+        let Message::UpdateRejected(r) = conn.recv().await.unwrap() else {
+            panic!("stale update accepted")
+        };
         assert_eq!(r.reason, RejectionReason::StaleBase { expected: 3, got: 2 });
         conn.send(&upload(3)).await.unwrap();
         assert_eq!(
@@ -269,7 +309,10 @@ async fn untrusted_stores_are_refused() {
 
     // No certificate at all.
     let err = refused(&p, None, &good).await;
-    assert!(err.to_lowercase().contains("no certificate") || err.contains("NoCertificatesPresented"), "{err}");
+    assert!(
+        err.to_lowercase().contains("no certificate") || err.contains("NoCertificatesPresented"),
+        "{err}"
+    );
 
     // An expired certificate from the right CA.
     let expired = p.platform.issue_store("lapsed", -1).unwrap();
@@ -292,11 +335,17 @@ async fn untrusted_stores_are_refused() {
     let (identity, _) = good.tls().unwrap();
     let (_, wrong_trust) = foreign.tls().unwrap();
     let endpoint = StoreEndpoint::new(Some(&identity), &wrong_trust, &TransportTuning::default()).unwrap();
-    let (store_side, _) = tokio::join!(endpoint.connect(p.addr, &good.aggregator_name), tokio::time::timeout(Duration::from_secs(5), p.aggregator.accept()));
+    let (store_side, _) = tokio::join!(
+        endpoint.connect(p.addr, &good.aggregator_name),
+        tokio::time::timeout(Duration::from_secs(5), p.aggregator.accept())
+    );
     assert!(store_side.is_err());
     // And a store asking for a name the aggregator's certificate does not carry fails.
     let endpoint = StoreEndpoint::new(Some(&identity), &good.tls().unwrap().1, &TransportTuning::default()).unwrap();
-    let (store_side, _) = tokio::join!(endpoint.connect(p.addr, "impostor.example"), tokio::time::timeout(Duration::from_secs(5), p.aggregator.accept()));
+    let (store_side, _) = tokio::join!(
+        endpoint.connect(p.addr, "impostor.example"),
+        tokio::time::timeout(Duration::from_secs(5), p.aggregator.accept())
+    );
     assert!(store_side.is_err());
 
     // After all that the good store still gets in.
@@ -330,7 +379,9 @@ async fn a_200_mb_model_crosses_intact() {
     };
     let received = async {
         let (_endpoint, conn) = connect(&bundle, p.addr).await.unwrap();
-        let Message::RoundOffer(o) = conn.recv().await.unwrap() else { panic!("no offer") };
+        let Message::RoundOffer(o) = conn.recv().await.unwrap() else {
+            panic!("no offer")
+        };
         let blob = conn.recv_model(&o.model, 1 << 30).await.unwrap();
         conn.send(&Message::Bye(Bye { reason: "got it".into() })).await.unwrap();
         conn.close_gracefully("done", Duration::from_secs(5)).await;

@@ -9,11 +9,7 @@ pub enum DecodeError {
     #[error("unknown message kind {0:#04x}")]
     UnknownKind(u8),
     #[error("{kind:?} frame of {len} bytes exceeds its limit of {limit} bytes")]
-    Oversized {
-        kind: MessageKind,
-        len: u64,
-        limit: u64,
-    },
+    Oversized { kind: MessageKind, len: u64, limit: u64 },
     #[error("truncated input: needed {needed} more bytes")]
     Truncated { needed: usize },
     #[error("malformed {kind:?} body: {detail}")]
@@ -30,11 +26,7 @@ pub enum DecodeError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
     #[error("{kind:?} message of {len} bytes exceeds its limit of {limit} bytes")]
-    Oversized {
-        kind: MessageKind,
-        len: u64,
-        limit: u64,
-    },
+    Oversized { kind: MessageKind, len: u64, limit: u64 },
     #[error("serialization failed: {0}")]
     Serialize(String),
     #[error("cannot encode tensor {name:?}: {detail}")]

@@ -184,11 +184,7 @@ impl FrameDecoder {
     /// Bytes still needed to complete the frame in progress (0 when one is ready or none begun).
     pub fn bytes_wanted(&self) -> usize {
         if self.buf.len() < HEADER_LEN {
-            return if self.buf.is_empty() {
-                0
-            } else {
-                HEADER_LEN - self.buf.len()
-            };
+            return if self.buf.is_empty() { 0 } else { HEADER_LEN - self.buf.len() };
         }
         let len = u32::from_le_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
         (HEADER_LEN + len as usize).saturating_sub(self.buf.len())

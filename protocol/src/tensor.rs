@@ -155,10 +155,7 @@ impl EncodedValues {
                 EncodedValues::F16(out)
             }
             ValueEncoding::Int8 => {
-                let max_abs = values
-                    .iter()
-                    .filter(|v| v.is_finite())
-                    .fold(0f32, |m, v| m.max(v.abs()));
+                let max_abs = values.iter().filter(|v| v.is_finite()).fold(0f32, |m, v| m.max(v.abs()));
                 let scale = max_abs / 127.0;
                 let mut out = vec![0u8; values.len()];
                 if scale > 0.0 && scale.is_finite() {
@@ -182,7 +179,12 @@ impl EncodedValues {
         if self.byte_len() != out.len() * width {
             return Err(tensor_err(
                 name,
-                format!("{} value bytes, expected {} ({} values × {width})", self.byte_len(), out.len() * width, out.len()),
+                format!(
+                    "{} value bytes, expected {} ({} values × {width})",
+                    self.byte_len(),
+                    out.len() * width,
+                    out.len()
+                ),
             ));
         }
         match self {
@@ -198,7 +200,10 @@ impl EncodedValues {
             }
             EncodedValues::Int8 { scale, values } => {
                 if !scale.is_finite() || *scale < 0.0 {
-                    return Err(tensor_err(name, format!("int8 scale {scale} is not a finite non-negative number")));
+                    return Err(tensor_err(
+                        name,
+                        format!("int8 scale {scale} is not a finite non-negative number"),
+                    ));
                 }
                 for (o, q) in out.iter_mut().zip(values) {
                     *o = f32::from(*q as i8) * scale;
@@ -270,14 +275,27 @@ impl NamedTensor {
     }
 
     /// Decodes to dense f32 values in row-major order, validating every length and index.
-    /// Values are returned as sent: rejecting NaN/inf is the aggregator's validation policy.
-    pub fn to_f32(&self) -> Result<Vec<f32>, DecodeError> {
+    ///
+    /// The caller names the shape its model expects, and a tensor of any other shape is
+    /// rejected before anything is allocated: a row-sparse tensor is an expansion (a few bytes
+    /// can declare a table of 2^31 zeros), so the declared shape alone must never size an
+    /// allocation. Values are returned as sent: rejecting NaN/inf is the aggregator's policy.
+    pub fn to_f32(&self, expected_shape: &[u32]) -> Result<Vec<f32>, DecodeError> {
+        if self.shape != expected_shape {
+            return Err(tensor_err(
+                &self.name,
+                format!("shape {:?}, expected {expected_shape:?}", self.shape),
+            ));
+        }
         let n = self.element_count()? as usize;
         match &self.payload {
             TensorPayload::Dense(values) => {
                 // Check the byte length before allocating the output.
                 if values.byte_len() != n * values.encoding().width() {
-                    return Err(tensor_err(&self.name, format!("{} value bytes for {n} elements", values.byte_len())));
+                    return Err(tensor_err(
+                        &self.name,
+                        format!("{} value bytes for {n} elements", values.byte_len()),
+                    ));
                 }
                 let mut out = vec![0f32; n];
                 values.decode_into(&self.name, &mut out)?;
@@ -285,18 +303,30 @@ impl NamedTensor {
             }
             TensorPayload::RowSparse { row_indices, rows } => {
                 let [n_rows, cols] = self.shape[..] else {
-                    return Err(tensor_err(&self.name, format!("row-sparse needs a 2-D shape, got {:?}", self.shape)));
+                    return Err(tensor_err(
+                        &self.name,
+                        format!("row-sparse needs a 2-D shape, got {:?}", self.shape),
+                    ));
                 };
                 if let Some(w) = row_indices.windows(2).find(|w| w[0] >= w[1]) {
-                    return Err(tensor_err(&self.name, format!("row indices not strictly increasing at {} then {}", w[0], w[1])));
+                    return Err(tensor_err(
+                        &self.name,
+                        format!("row indices not strictly increasing at {} then {}", w[0], w[1]),
+                    ));
                 }
                 if let Some(&last) = row_indices.last().filter(|&&r| r >= n_rows) {
-                    return Err(tensor_err(&self.name, format!("row index {last} out of range for {n_rows} rows")));
+                    return Err(tensor_err(
+                        &self.name,
+                        format!("row index {last} out of range for {n_rows} rows"),
+                    ));
                 }
                 let cols = cols as usize;
                 let kept = row_indices.len() * cols;
                 if rows.byte_len() != kept * rows.encoding().width() {
-                    return Err(tensor_err(&self.name, format!("{} row bytes for {} rows of {cols}", rows.byte_len(), row_indices.len())));
+                    return Err(tensor_err(
+                        &self.name,
+                        format!("{} row bytes for {} rows of {cols}", rows.byte_len(), row_indices.len()),
+                    ));
                 }
                 let mut dense_rows = vec![0f32; kept];
                 rows.decode_into(&self.name, &mut dense_rows)?;
@@ -331,14 +361,14 @@ mod tests {
     fn f32_round_trip_is_exact() {
         let v = ramp(1000);
         let t = NamedTensor::encode("w", &[10, 100], &v, UpdateEncoding::Dense(ValueEncoding::F32), 0).unwrap();
-        assert_eq!(t.to_f32().unwrap(), v);
+        assert_eq!(t.to_f32(&t.shape).unwrap(), v);
     }
 
     #[test]
     fn f16_error_is_within_half_precision() {
         let v = ramp(1000);
         let t = NamedTensor::encode("w", &[1000], &v, UpdateEncoding::Dense(ValueEncoding::F16), 0).unwrap();
-        for (a, b) in t.to_f32().unwrap().iter().zip(&v) {
+        for (a, b) in t.to_f32(&t.shape).unwrap().iter().zip(&v) {
             assert!((a - b).abs() <= b.abs() * 1e-3 + 1e-7, "{a} vs {b}");
         }
     }
@@ -352,7 +382,7 @@ mod tests {
         let trials = 4000;
         for seed in 0..trials {
             let t = NamedTensor::encode("w", &[3], &v, UpdateEncoding::Dense(ValueEncoding::Int8), seed).unwrap();
-            let d = t.to_f32().unwrap();
+            let d = t.to_f32(&t.shape).unwrap();
             assert_eq!(d[1], 127.0);
             assert_eq!(d[2], -127.0);
             assert!(d[0] == 0.0 || d[0] == 1.0);
@@ -369,10 +399,12 @@ mod tests {
         v[3..6].copy_from_slice(&[1.0, 2.0, 3.0]);
         v[12] = -4.0;
         let t = NamedTensor::encode("emb", &[5, 3], &v, UpdateEncoding::RowSparse(ValueEncoding::F32), 0).unwrap();
-        let TensorPayload::RowSparse { row_indices, .. } = &t.payload else { panic!("dense") };
+        let TensorPayload::RowSparse { row_indices, .. } = &t.payload else {
+            panic!("dense")
+        };
         assert_eq!(row_indices, &[1, 4]);
         assert_eq!(t.payload_bytes(), 2 * 3 * 4 + 2 * 4);
-        assert_eq!(t.to_f32().unwrap(), v);
+        assert_eq!(t.to_f32(&t.shape).unwrap(), v);
     }
 
     #[test]
@@ -402,14 +434,26 @@ mod tests {
         t.payload = TensorPayload::Dense(EncodedValues::F32(vec![0; 31]));
         cases.push(t);
         let mut t = ok.clone();
-        t.payload = TensorPayload::Dense(EncodedValues::Int8 { scale: f32::NAN, values: vec![0; 8] });
+        t.payload = TensorPayload::Dense(EncodedValues::Int8 {
+            scale: f32::NAN,
+            values: vec![0; 8],
+        });
         cases.push(t);
-        let mut t = ok;
+        let mut t = ok.clone();
         t.shape = vec![8];
         cases.push(t);
         for t in cases {
-            assert!(matches!(t.to_f32(), Err(DecodeError::InvalidTensor { .. })), "{t:?}");
+            assert!(matches!(t.to_f32(&t.shape), Err(DecodeError::InvalidTensor { .. })), "{t:?}");
         }
+        // The fuzzer's find: a handful of bytes declaring a huge row-sparse table. Decoding
+        // against the model's real shape refuses it without allocating the table.
+        let mut t = ok;
+        t.shape = vec![1 << 30, 2];
+        if let TensorPayload::RowSparse { row_indices, rows } = &mut t.payload {
+            row_indices.clear();
+            *rows = EncodedValues::F32(vec![]);
+        }
+        assert!(matches!(t.to_f32(&[4, 2]), Err(DecodeError::InvalidTensor { .. })));
     }
 
     #[test]

@@ -46,16 +46,25 @@ fn dp() -> impl Strategy<Value = DpRequirement> {
     })
 }
 fn plan() -> impl Strategy<Value = TrainingPlan> {
-    (any::<bool>(), any::<u32>(), -10f32..10.0, any::<u32>(), prop::option::of(0f32..1.0), encoding(), prop::option::of(dp())).prop_map(
-        |(steps, n, learning_rate, batch_size, proximal_mu, update_encoding, dp)| TrainingPlan {
-            work: if steps { LocalWork::Steps(n) } else { LocalWork::Epochs(n) },
-            learning_rate,
-            batch_size,
-            proximal_mu,
-            update_encoding,
-            dp,
-        },
+    (
+        any::<bool>(),
+        any::<u32>(),
+        -10f32..10.0,
+        any::<u32>(),
+        prop::option::of(0f32..1.0),
+        encoding(),
+        prop::option::of(dp()),
     )
+        .prop_map(
+            |(steps, n, learning_rate, batch_size, proximal_mu, update_encoding, dp)| TrainingPlan {
+                work: if steps { LocalWork::Steps(n) } else { LocalWork::Epochs(n) },
+                learning_rate,
+                batch_size,
+                proximal_mu,
+                update_encoding,
+                dp,
+            },
+        )
 }
 fn tensor() -> impl Strategy<Value = NamedTensor> {
     (name(), 1u32..6, 1u32..6, encoding(), any::<u64>()).prop_flat_map(|(name, r, c, enc, seed)| {
@@ -67,11 +76,8 @@ fn rejection() -> impl Strategy<Value = RejectionReason> {
     prop_oneof![
         name().prop_map(|name| RejectionReason::UnknownTensor { name }),
         name().prop_map(|name| RejectionReason::MissingTensor { name }),
-        (name(), vec(any::<u32>(), 0..4), vec(any::<u32>(), 0..4)).prop_map(|(name, expected, got)| RejectionReason::WrongShape {
-            name,
-            expected,
-            got
-        }),
+        (name(), vec(any::<u32>(), 0..4), vec(any::<u32>(), 0..4))
+            .prop_map(|(name, expected, got)| RejectionReason::WrongShape { name, expected, got }),
         name().prop_map(|name| RejectionReason::NonFinite { name }),
         (any::<u64>(), any::<u64>()).prop_map(|(expected, got)| RejectionReason::StaleBase { expected, got }),
         (finite(), finite()).prop_map(|(norm, bound)| RejectionReason::NormTooLarge { norm, bound }),
@@ -91,39 +97,49 @@ fn refusal() -> impl Strategy<Value = RefusalReason> {
     ]
 }
 fn spend() -> impl Strategy<Value = PrivacySpend> {
-    (finite(), finite(), any::<u32>(), finite(), finite(), finite(), any::<[u8; 32]>()).prop_map(|(a, b, steps, c, d, e, h)| PrivacySpend {
-        noise_multiplier: a,
-        sampling_rate: b,
-        steps,
-        clip_norm: c,
-        delta: d,
-        epsilon_total: e,
-        ledger_entry_hash: h,
-    })
+    (
+        finite(),
+        finite(),
+        any::<u32>(),
+        finite(),
+        finite(),
+        finite(),
+        any::<[u8; 32]>(),
+    )
+        .prop_map(|(a, b, steps, c, d, e, h)| PrivacySpend {
+            noise_multiplier: a,
+            sampling_rate: b,
+            steps,
+            clip_norm: c,
+            delta: d,
+            epsilon_total: e,
+            ledger_entry_hash: h,
+        })
 }
 
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
         (text(), caps()).prop_map(|(v, c)| Message::Hello(Hello::current(v, c))),
-        (text(), any::<u64>(), caps(), any::<u32>()).prop_map(|(store_id, session_id, capabilities, hb)| Message::Welcome(Welcome {
-            protocol_version: PROTOCOL_VERSION,
-            store_id,
-            session_id,
-            capabilities,
-            heartbeat_interval_ms: hb,
-        })),
+        (text(), any::<u64>(), caps(), any::<u32>()).prop_map(|(store_id, session_id, capabilities, hb)| Message::Welcome(
+            Welcome {
+                protocol_version: PROTOCOL_VERSION,
+                store_id,
+                session_id,
+                capabilities,
+                heartbeat_interval_ms: hb,
+            }
+        )),
         refusal().prop_map(|reason| Message::Refused(Refused { reason })),
-        (any::<u64>(), manifest(), plan(), any::<u64>()).prop_map(|(round_id, model, plan, deadline_unix_ms)| Message::RoundOffer(RoundOffer {
-            round_id,
-            model,
-            plan,
-            deadline_unix_ms
-        })),
-        (any::<u64>(), any::<u64>(), vec(any::<u8>(), 0..300)).prop_map(|(version, offset, bytes)| Message::ModelChunk(ModelChunk {
-            version,
-            offset,
-            bytes
-        })),
+        (any::<u64>(), manifest(), plan(), any::<u64>()).prop_map(|(round_id, model, plan, deadline_unix_ms)| {
+            Message::RoundOffer(RoundOffer {
+                round_id,
+                model,
+                plan,
+                deadline_unix_ms,
+            })
+        }),
+        (any::<u64>(), any::<u64>(), vec(any::<u8>(), 0..300))
+            .prop_map(|(version, offset, bytes)| Message::ModelChunk(ModelChunk { version, offset, bytes })),
         (
             any::<u64>(),
             any::<u64>(),
@@ -132,14 +148,18 @@ fn message() -> impl Strategy<Value = Message> {
             prop::option::of(spend()),
             vec(tensor(), 0..4)
         )
-            .prop_map(|(round_id, base_model_version, example_count, metrics, privacy_spend, tensors)| Message::UpdateUpload(UpdateUpload {
-                round_id,
-                base_model_version,
-                example_count,
-                metrics,
-                privacy_spend,
-                tensors,
-            })),
+            .prop_map(
+                |(round_id, base_model_version, example_count, metrics, privacy_spend, tensors)| Message::UpdateUpload(
+                    UpdateUpload {
+                        round_id,
+                        base_model_version,
+                        example_count,
+                        metrics,
+                        privacy_spend,
+                        tensors,
+                    }
+                )
+            ),
         (any::<u64>(), any::<u32>()).prop_map(|(round_id, updates_in_round)| Message::UpdateAccepted(UpdateAccepted {
             round_id,
             updates_in_round
@@ -203,7 +223,7 @@ proptest! {
         for kind in MessageKind::ALL {
             if let Ok(Message::UpdateUpload(u)) = Message::decode(kind, &bytes) {
                 for t in u.tensors {
-                    let _ = t.to_f32();
+                    let _ = t.to_f32(&[4, 4]);
                 }
             }
         }
@@ -224,17 +244,25 @@ fn oversized_messages_are_refused_both_ways() {
         bytes: vec![0; fedfuse_protocol::frame::MAX_MODEL_CHUNK_BYTES + 100],
     });
     assert!(matches!(chunk.encode(), Err(fedfuse_protocol::EncodeError::Oversized { .. })));
-    let bye = Message::Bye(Bye { reason: "x".repeat(5000) });
+    let bye = Message::Bye(Bye {
+        reason: "x".repeat(5000),
+    });
     assert!(bye.encode().is_err());
     // A header announcing 4 GiB of heartbeat is refused from the header alone.
     let header = [MessageKind::Heartbeat as u8, 0xff, 0xff, 0xff, 0xff];
     assert!(matches!(
         Message::decode_frame(&header, u64::MAX),
-        Err(DecodeError::Oversized { kind: MessageKind::Heartbeat, .. })
+        Err(DecodeError::Oversized {
+            kind: MessageKind::Heartbeat,
+            ..
+        })
     ));
     // A peer-agreed limit applies to every kind.
     let hb = Message::Heartbeat(Heartbeat { seq: 1, unix_ms: 2 }).encode().unwrap();
-    assert!(matches!(Message::decode_frame(&hb, 1), Err(DecodeError::Oversized { limit: 1, .. })));
+    assert!(matches!(
+        Message::decode_frame(&hb, 1),
+        Err(DecodeError::Oversized { limit: 1, .. })
+    ));
 }
 
 #[test]
@@ -247,13 +275,20 @@ fn a_huge_declared_vector_does_not_allocate_it() {
     body.push(0); // no metrics
     body.push(0); // no privacy spend
     body.extend(postcard::to_allocvec(&(1u64 << 60)).unwrap());
-    assert!(matches!(Message::decode(MessageKind::UpdateUpload, &body), Err(DecodeError::Malformed { .. })));
+    assert!(matches!(
+        Message::decode(MessageKind::UpdateUpload, &body),
+        Err(DecodeError::Malformed { .. })
+    ));
 }
 
 #[test]
 fn update_with_50k_floats_in_each_encoding_round_trips_within_tolerance() {
     let values: Vec<f32> = (0..50_000).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
-    for (enc, tol) in [(ValueEncoding::F32, 0.0), (ValueEncoding::F16, 3e-4), (ValueEncoding::Int8, 0.5 / 127.0 * 2.0)] {
+    for (enc, tol) in [
+        (ValueEncoding::F32, 0.0),
+        (ValueEncoding::F16, 3e-4),
+        (ValueEncoding::Int8, 0.5 / 127.0 * 2.0),
+    ] {
         let t = NamedTensor::encode("layer.weight", &[500, 100], &values, UpdateEncoding::Dense(enc), 42).unwrap();
         let msg = Message::UpdateUpload(UpdateUpload {
             round_id: 3,
@@ -263,8 +298,10 @@ fn update_with_50k_floats_in_each_encoding_round_trips_within_tolerance() {
             privacy_spend: None,
             tensors: vec![t],
         });
-        let Message::UpdateUpload(back) = Message::decode_frame(&msg.encode().unwrap(), u64::MAX).unwrap() else { unreachable!() };
-        let decoded = back.tensors[0].to_f32().unwrap();
+        let Message::UpdateUpload(back) = Message::decode_frame(&msg.encode().unwrap(), u64::MAX).unwrap() else {
+            unreachable!()
+        };
+        let decoded = back.tensors[0].to_f32(&[500, 100]).unwrap();
         let worst = decoded.iter().zip(&values).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(worst <= tol, "{enc:?}: worst error {worst} > {tol}");
     }

@@ -90,13 +90,19 @@ fn main() -> anyhow::Result<()> {
             };
             pki::init(&dir, &opts).with_context(|| format!("initialising {}", dir.display()))?;
             println!("platform created in {}", dir.display());
-            println!("next: fedfuse-server issue-store --dir {} --store NAME --out NAME.bundle.toml", dir.display());
+            println!(
+                "next: fedfuse-server issue-store --dir {} --store NAME --out NAME.bundle.toml",
+                dir.display()
+            );
         }
         Command::IssueStore { dir, store, out, days } => {
             let platform = PlatformDir::open(&dir)?;
             let bundle = platform.issue_store(&store, days)?;
             bundle.save(&out)?;
-            println!("issued store {store:?} (valid {days} days): bundle written to {}", out.display());
+            println!(
+                "issued store {store:?} (valid {days} days): bundle written to {}",
+                out.display()
+            );
         }
         Command::RevokeStore { dir, store } => {
             PlatformDir::open(&dir)?.revoke_store(&store)?;

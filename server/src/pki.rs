@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use rand::{RngCore, SeedableRng};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
@@ -59,7 +59,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
 /// with `mode` set before any byte is written so a key is never readable by others.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
     let mut options = fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -83,8 +86,15 @@ fn read(path: &Path) -> Result<String, PkiError> {
 
 /// Validates a store name: it becomes a certificate common name and a file-name component.
 pub fn check_store_name(name: &str) -> Result<(), PkiError> {
-    let ok = (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if ok { Ok(()) } else { Err(PkiError::InvalidStoreName(name.to_owned())) }
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(PkiError::InvalidStoreName(name.to_owned()))
+    }
 }
 
 fn random_serial() -> SerialNumber {
@@ -209,7 +219,11 @@ fn ca_params(platform_name: &str, days: i64) -> CertificateParams {
     dn.push(DnType::OrganizationName, platform_name);
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     p.serial_number = Some(random_serial());
     validity(&mut p, days);
     p
@@ -230,7 +244,10 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<PlatformDir, PkiError> {
     let mut p = CertificateParams::default();
     p.distinguished_name = DistinguishedName::new();
     p.distinguished_name.push(DnType::CommonName, opts.aggregator_name.as_str());
-    p.subject_alt_names = std::iter::once(&opts.aggregator_name).chain(&opts.extra_names).map(|n| san(n)).collect::<Result<_, _>>()?;
+    p.subject_alt_names = std::iter::once(&opts.aggregator_name)
+        .chain(&opts.extra_names)
+        .map(|n| san(n))
+        .collect::<Result<_, _>>()?;
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.serial_number = Some(random_serial());
@@ -374,7 +391,10 @@ impl PlatformDir {
     /// Revokes a store's current certificate: its serial goes on the CRL.
     pub fn revoke_store(&self, store: &str) -> Result<(), PkiError> {
         let mut registry = self.registry()?;
-        let record = registry.stores.get_mut(store).ok_or_else(|| PkiError::UnknownStore(store.to_owned()))?;
+        let record = registry
+            .stores
+            .get_mut(store)
+            .ok_or_else(|| PkiError::UnknownStore(store.to_owned()))?;
         if record.revoked_at.is_some() {
             return Err(PkiError::AlreadyRevoked(store.to_owned()));
         }
@@ -399,15 +419,19 @@ impl PlatformDir {
             }
         };
         let identity =
-            fedfuse_transport::Identity::from_pem(&read(&self.path(AGGREGATOR_CERT))?, &read(&self.path(AGGREGATOR_KEY))?).map_err(corrupt(AGGREGATOR_KEY))?;
-        let trust = fedfuse_transport::TrustAnchors::from_pem(&read(&self.path(CA_CERT))?, &[&read(&self.path(CRL))?]).map_err(corrupt(CRL))?;
+            fedfuse_transport::Identity::from_pem(&read(&self.path(AGGREGATOR_CERT))?, &read(&self.path(AGGREGATOR_KEY))?)
+                .map_err(corrupt(AGGREGATOR_KEY))?;
+        let trust = fedfuse_transport::TrustAnchors::from_pem(&read(&self.path(CA_CERT))?, &[&read(&self.path(CRL))?])
+            .map_err(corrupt(CRL))?;
         Ok((identity, trust))
     }
 }
 
 impl StoreBundle {
     /// The store's identity and trust anchor (the platform CA only).
-    pub fn tls(&self) -> Result<(fedfuse_transport::Identity, fedfuse_transport::TrustAnchors), fedfuse_transport::TransportError> {
+    pub fn tls(
+        &self,
+    ) -> Result<(fedfuse_transport::Identity, fedfuse_transport::TrustAnchors), fedfuse_transport::TransportError> {
         Ok((
             fedfuse_transport::Identity::from_pem(&self.cert_pem, &self.key_pem)?,
             fedfuse_transport::TrustAnchors::from_pem(&self.ca_pem, &[])?,

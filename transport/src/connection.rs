@@ -88,7 +88,10 @@ impl PeerConnection {
     pub async fn expect(&self, expected: &'static str, kind: MessageKind) -> Result<Message, TransportError> {
         let msg = self.recv().await?;
         if msg.kind() != kind {
-            return Err(TransportError::Unexpected { expected, got: msg.kind() });
+            return Err(TransportError::Unexpected {
+                expected,
+                got: msg.kind(),
+            });
         }
         Ok(msg)
     }
@@ -97,7 +100,11 @@ impl PeerConnection {
     /// model is made, only one small frame prefix per chunk.
     pub async fn send_model(&self, manifest: &ModelManifest, blob: &[u8]) -> Result<(), TransportError> {
         if blob.len() as u64 != manifest.total_bytes {
-            return Err(TransportError::Model(format!("blob is {} bytes, manifest says {}", blob.len(), manifest.total_bytes)));
+            return Err(TransportError::Model(format!(
+                "blob is {} bytes, manifest says {}",
+                blob.len(),
+                manifest.total_bytes
+            )));
         }
         for range in chunk_ranges(manifest) {
             let bytes = &blob[range.start as usize..range.end as usize];
@@ -136,7 +143,9 @@ impl PeerConnection {
             };
             let index = (chunk.offset / step) as usize;
             let ok = chunk.version == manifest.version
-                && expected.get(index).is_some_and(|r| r.start == chunk.offset && r.end - r.start == chunk.bytes.len() as u64)
+                && expected
+                    .get(index)
+                    .is_some_and(|r| r.start == chunk.offset && r.end - r.start == chunk.bytes.len() as u64)
                 && !seen[index];
             if !ok {
                 return Err(TransportError::Model(format!(

@@ -10,8 +10,13 @@ use crate::error::TransportError;
 use crate::tls::{self, Identity, TrustAnchors};
 use crate::tuning::TransportTuning;
 
-fn quic_server_config(identity: &Identity, trust: &TrustAnchors, tuning: &TransportTuning) -> Result<quinn::ServerConfig, TransportError> {
-    let crypto = QuicServerConfig::try_from(tls::server_config(identity, trust)?).map_err(|e| TransportError::Tls(e.to_string()))?;
+fn quic_server_config(
+    identity: &Identity,
+    trust: &TrustAnchors,
+    tuning: &TransportTuning,
+) -> Result<quinn::ServerConfig, TransportError> {
+    let crypto =
+        QuicServerConfig::try_from(tls::server_config(identity, trust)?).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(tuning.transport_config());
     Ok(config)
@@ -33,7 +38,12 @@ pub struct AggregatorEndpoint {
 }
 
 impl AggregatorEndpoint {
-    pub fn bind(addr: SocketAddr, identity: Identity, trust: &TrustAnchors, tuning: TransportTuning) -> Result<Self, TransportError> {
+    pub fn bind(
+        addr: SocketAddr,
+        identity: Identity,
+        trust: &TrustAnchors,
+        tuning: TransportTuning,
+    ) -> Result<Self, TransportError> {
         let config = quic_server_config(&identity, trust, &tuning)?;
         let socket = std::net::UdpSocket::bind(addr)?;
         let endpoint = quinn::Endpoint::new(endpoint_config(&tuning), Some(config), socket, Arc::new(quinn::TokioRuntime))?;
@@ -52,7 +62,8 @@ impl AggregatorEndpoint {
     /// Swaps in new trust anchors (after `revoke-store` wrote a new CRL) without a restart.
     /// New handshakes use them; connections already open are the caller's to close.
     pub fn reload_trust(&self, trust: &TrustAnchors) -> Result<(), TransportError> {
-        self.endpoint.set_server_config(Some(quic_server_config(&self.identity, trust, &self.tuning)?));
+        self.endpoint
+            .set_server_config(Some(quic_server_config(&self.identity, trust, &self.tuning)?));
         Ok(())
     }
 
@@ -70,7 +81,9 @@ impl AggregatorEndpoint {
             .peer_identity()
             .and_then(|id| id.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>().ok())
             .ok_or_else(|| TransportError::PeerIdentity("no client certificate".into()))?;
-        let leaf = certs.first().ok_or_else(|| TransportError::PeerIdentity("empty certificate chain".into()))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| TransportError::PeerIdentity("empty certificate chain".into()))?;
         let store_id = tls::peer_common_name(leaf)?;
         Ok(PeerConnection::new(conn, store_id, self.max_message_bytes))
     }
@@ -92,7 +105,8 @@ pub struct StoreEndpoint {
 impl StoreEndpoint {
     /// `identity` is `None` only to test that an aggregator refuses certificate-less peers.
     pub fn new(identity: Option<&Identity>, trust: &TrustAnchors, tuning: &TransportTuning) -> Result<Self, TransportError> {
-        let crypto = QuicClientConfig::try_from(tls::client_config(identity, trust)?).map_err(|e| TransportError::Tls(e.to_string()))?;
+        let crypto =
+            QuicClientConfig::try_from(tls::client_config(identity, trust)?).map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(tuning.transport_config());
         let socket = std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0)))?;

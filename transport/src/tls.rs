@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use crate::error::TransportError;
 
@@ -102,7 +102,9 @@ pub fn client_config(identity: Option<&Identity>, trust: &TrustAnchors) -> Resul
         .map_err(tls)?
         .with_root_certificates(trust.roots()?);
     let mut config = match identity {
-        Some(id) => builder.with_client_auth_cert(id.cert_chain.clone(), id.key.clone_key()).map_err(tls)?,
+        Some(id) => builder
+            .with_client_auth_cert(id.cert_chain.clone(), id.key.clone_key())
+            .map_err(tls)?,
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![crate::ALPN.to_vec()];

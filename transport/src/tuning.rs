@@ -74,7 +74,8 @@ impl TransportTuning {
             .enable_segmentation_offload(self.segmentation_offload)
             .keep_alive_interval(Some(Duration::from_millis(self.keep_alive_ms)))
             .max_idle_timeout(Some(
-                quinn::IdleTimeout::try_from(Duration::from_millis(self.idle_timeout_ms)).unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::MAX)),
+                quinn::IdleTimeout::try_from(Duration::from_millis(self.idle_timeout_ms))
+                    .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::MAX)),
             ));
         let mut mtu = quinn::MtuDiscoveryConfig::default();
         mtu.upper_bound(self.mtu_discovery_upper_bound.max(self.initial_mtu));

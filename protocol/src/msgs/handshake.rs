@@ -89,19 +89,14 @@ pub struct Refused {
 
 /// The aggregator's side of the handshake, as a pure function: the outcome of decoding a
 /// `Hello` body and our own capabilities in, the agreed capabilities or the refusal out.
-pub fn negotiate(
-    hello: Result<Hello, DecodeError>,
-    ours: &Capabilities,
-) -> Result<Capabilities, RefusalReason> {
+pub fn negotiate(hello: Result<Hello, DecodeError>, ours: &Capabilities) -> Result<Capabilities, RefusalReason> {
     let hello = match hello {
         Ok(h) => h,
         Err(DecodeError::VersionMismatch { ours, theirs }) => {
             return Err(RefusalReason::VersionMismatch { ours, theirs });
         }
         Err(e) => {
-            return Err(RefusalReason::MalformedHello {
-                detail: e.to_string(),
-            });
+            return Err(RefusalReason::MalformedHello { detail: e.to_string() });
         }
     };
     let update_encodings: Vec<UpdateEncoding> = ours
@@ -115,9 +110,7 @@ pub fn negotiate(
     }
     Ok(Capabilities {
         update_encodings,
-        max_message_bytes: ours
-            .max_message_bytes
-            .min(hello.capabilities.max_message_bytes),
+        max_message_bytes: ours.max_message_bytes.min(hello.capabilities.max_message_bytes),
     })
 }
 
@@ -144,9 +137,18 @@ mod tests {
             other => panic!("{other:?}"),
         });
         let refusal = negotiate(decoded, &caps(&UpdateEncoding::ALL, 1 << 20)).unwrap_err();
-        assert_eq!(refusal, RefusalReason::VersionMismatch { ours: PROTOCOL_VERSION, theirs: 7 });
+        assert_eq!(
+            refusal,
+            RefusalReason::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: 7
+            }
+        );
         let text = refusal.to_string();
-        assert!(text.contains(&format!("speaks {PROTOCOL_VERSION}")) && text.contains("speaks 7"), "{text}");
+        assert!(
+            text.contains(&format!("speaks {PROTOCOL_VERSION}")) && text.contains("speaks 7"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -157,12 +159,18 @@ mod tests {
         let agreed = negotiate(Ok(hello), &caps(&[int8, UpdateEncoding::Dense(ValueEncoding::F32)], 5000)).unwrap();
         assert_eq!(agreed, caps(&[int8], 1000));
         let hello = Hello::current("test", caps(&[f16], 1000));
-        assert_eq!(negotiate(Ok(hello), &caps(&[int8], 5000)), Err(RefusalReason::NoCommonEncoding));
+        assert_eq!(
+            negotiate(Ok(hello), &caps(&[int8], 5000)),
+            Err(RefusalReason::NoCommonEncoding)
+        );
     }
 
     #[test]
     fn a_garbage_hello_is_refused_as_malformed() {
         let err = Message::decode(MessageKind::Hello, &[]).map(|_| unreachable!());
-        assert!(matches!(negotiate(err, &caps(&UpdateEncoding::ALL, 10)), Err(RefusalReason::MalformedHello { .. })));
+        assert!(matches!(
+            negotiate(err, &caps(&UpdateEncoding::ALL, 10)),
+            Err(RefusalReason::MalformedHello { .. })
+        ));
     }
 }

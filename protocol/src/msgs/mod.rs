@@ -42,10 +42,7 @@ fn take<T: DeserializeOwned>(kind: MessageKind, body: &[u8]) -> Result<T, Decode
         detail: e.to_string(),
     })?;
     if !rest.is_empty() {
-        return Err(DecodeError::TrailingBytes {
-            kind,
-            extra: rest.len(),
-        });
+        return Err(DecodeError::TrailingBytes { kind, extra: rest.len() });
     }
     Ok(value)
 }

@@ -47,15 +47,35 @@ pub struct UpdateAccepted {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RejectionReason {
-    UnknownTensor { name: String },
-    MissingTensor { name: String },
-    WrongShape { name: String, expected: Vec<u32>, got: Vec<u32> },
-    NonFinite { name: String },
-    StaleBase { expected: u64, got: u64 },
-    NormTooLarge { norm: f64, bound: f64 },
-    RoundClosed { round_id: u64 },
+    UnknownTensor {
+        name: String,
+    },
+    MissingTensor {
+        name: String,
+    },
+    WrongShape {
+        name: String,
+        expected: Vec<u32>,
+        got: Vec<u32>,
+    },
+    NonFinite {
+        name: String,
+    },
+    StaleBase {
+        expected: u64,
+        got: u64,
+    },
+    NormTooLarge {
+        norm: f64,
+        bound: f64,
+    },
+    RoundClosed {
+        round_id: u64,
+    },
     EncodingNotOffered,
-    Malformed { detail: String },
+    Malformed {
+        detail: String,
+    },
 }
 
 impl std::fmt::Display for RejectionReason {
