@@ -105,6 +105,9 @@ initial_mtu = {imtu}
 mtu_discovery_upper_bound = {umtu}
 # Hand large sends to the kernel in one call (UDP GSO) where supported.
 segmentation_offload = {gso}
+# UDP socket buffers in bytes; the kernel caps them at net.core.rmem_max / wmem_max. Too small a
+# buffer drops bursts of large datagrams, which MTU discovery then mistakes for a black hole.
+socket_buffer_bytes = {sock}
 # Keep-alive probe interval and idle timeout, in milliseconds.
 keep_alive_ms = {ka}
 idle_timeout_ms = {idle}
@@ -119,6 +122,7 @@ idle_timeout_ms = {idle}
             imtu = t.initial_mtu,
             umtu = t.mtu_discovery_upper_bound,
             gso = t.segmentation_offload,
+            sock = t.socket_buffer_bytes,
             ka = t.keep_alive_ms,
             idle = t.idle_timeout_ms,
         )

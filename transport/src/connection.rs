@@ -71,6 +71,15 @@ impl PeerConnection {
     }
 
     async fn recv_from_wire(&self) -> Result<Message, TransportError> {
+        let (kind, body) = self.recv_frame().await?;
+        Ok(Message::decode(kind, &body)?)
+    }
+
+    /// Receives the next frame without decoding its body (for relaying, or for measuring the
+    /// transport apart from the codec). The size limit is still checked before buffering.
+    /// Reads straight from the wire: messages queued during [`recv_model`](Self::recv_model)
+    /// are left for [`recv`](Self::recv).
+    pub async fn recv_frame(&self) -> Result<(MessageKind, Vec<u8>), TransportError> {
         let mut stream = self.conn.accept_uni().await?;
         let mut head = [0u8; HEADER_LEN];
         stream.read_exact(&mut head).await?;
@@ -78,10 +87,11 @@ impl PeerConnection {
         let header = FrameHeader::parse(&head, self.max_body.load(std::sync::atomic::Ordering::Relaxed))?;
         let mut body = vec![0u8; header.body_len as usize];
         stream.read_exact(&mut body).await?;
-        // One message per stream: anything after the frame is a protocol violation.
-        let rest = stream.read_to_end(0).await?;
-        debug_assert!(rest.is_empty());
-        Ok(Message::decode(header.kind, &body)?)
+        // One message per stream: a byte after the frame is a protocol violation (an error
+        // here, from the size limit of 0). A peer that never finishes its stream stalls only
+        // its own session, which the round deadline bounds.
+        stream.read_to_end(0).await?;
+        Ok((header.kind, body))
     }
 
     /// Receives the next message and insists on its kind.

@@ -29,6 +29,22 @@ fn endpoint_config(tuning: &TransportTuning) -> quinn::EndpointConfig {
     config
 }
 
+fn new_endpoint(
+    tuning: &TransportTuning,
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> Result<quinn::Endpoint, TransportError> {
+    use quinn::Runtime;
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let socket = crate::gso::GsoSafeSocket::wrap(runtime.wrap_udp_socket(tuning.bind_udp(addr)?)?);
+    Ok(quinn::Endpoint::new_with_abstract_socket(
+        endpoint_config(tuning),
+        server,
+        socket,
+        runtime,
+    )?)
+}
+
 /// The aggregator's QUIC endpoint.
 pub struct AggregatorEndpoint {
     endpoint: quinn::Endpoint,
@@ -45,8 +61,7 @@ impl AggregatorEndpoint {
         tuning: TransportTuning,
     ) -> Result<Self, TransportError> {
         let config = quic_server_config(&identity, trust, &tuning)?;
-        let socket = std::net::UdpSocket::bind(addr)?;
-        let endpoint = quinn::Endpoint::new(endpoint_config(&tuning), Some(config), socket, Arc::new(quinn::TokioRuntime))?;
+        let endpoint = new_endpoint(&tuning, addr, Some(config))?;
         Ok(Self {
             endpoint,
             identity,
@@ -109,8 +124,7 @@ impl StoreEndpoint {
             QuicClientConfig::try_from(tls::client_config(identity, trust)?).map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(tuning.transport_config());
-        let socket = std::net::UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0)))?;
-        let mut endpoint = quinn::Endpoint::new(endpoint_config(tuning), None, socket, Arc::new(quinn::TokioRuntime))?;
+        let mut endpoint = new_endpoint(tuning, SocketAddr::from(([0, 0, 0, 0], 0)), None)?;
         endpoint.set_default_client_config(config);
         Ok(Self { endpoint })
     }

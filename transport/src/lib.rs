@@ -12,6 +12,7 @@
 pub mod connection;
 pub mod endpoint;
 pub mod error;
+mod gso;
 pub mod tls;
 pub mod tuning;
 

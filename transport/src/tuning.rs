@@ -26,6 +26,10 @@ pub struct TransportTuning {
     pub mtu_discovery_upper_bound: u16,
     /// Let the kernel segment large sends (UDP GSO) where it can.
     pub segmentation_offload: bool,
+    /// UDP socket send and receive buffer, in bytes (the kernel caps it at
+    /// `net.core.rmem_max` / `wmem_max`). The default of about 208 KB holds only three 64 KiB
+    /// datagrams: a burst overflows it, and the losses read as an MTU black hole.
+    pub socket_buffer_bytes: usize,
     /// Milliseconds between QUIC keep-alive probes on an idle connection.
     pub keep_alive_ms: u64,
     /// Milliseconds of silence after which a connection is considered lost.
@@ -42,6 +46,7 @@ impl Default for TransportTuning {
             initial_mtu: 1200,
             mtu_discovery_upper_bound: 65_487,
             segmentation_offload: true,
+            socket_buffer_bytes: 4 << 20,
             keep_alive_ms: 5_000,
             idle_timeout_ms: 30_000,
         }
@@ -58,8 +63,37 @@ impl TransportTuning {
             max_concurrent_streams: 100,
             initial_mtu: 1200,
             mtu_discovery_upper_bound: 1452,
+            socket_buffer_bytes: 0,
             ..Self::default()
         }
+    }
+
+    /// Binds a UDP socket with the configured buffer sizes (0 leaves the OS default).
+    pub(crate) fn bind_udp(&self, addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        if addr.is_ipv6() {
+            // Dual-stack where the OS allows it; not fatal where it does not.
+            let _ = socket.set_only_v6(false);
+        }
+        if self.socket_buffer_bytes > 0 {
+            // Best effort: the kernel silently caps these at its maximum.
+            let _ = socket.set_recv_buffer_size(self.socket_buffer_bytes);
+            let _ = socket.set_send_buffer_size(self.socket_buffer_bytes);
+            let got = socket.recv_buffer_size().unwrap_or(0);
+            if got < self.socket_buffer_bytes {
+                tracing::debug!(
+                    wanted = self.socket_buffer_bytes,
+                    got,
+                    "UDP receive buffer capped by the kernel (net.core.rmem_max)"
+                );
+            }
+        }
+        socket.bind(&addr.into())?;
+        Ok(socket.into())
     }
 
     pub(crate) fn transport_config(&self) -> Arc<quinn::TransportConfig> {
