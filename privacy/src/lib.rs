@@ -1,1 +1,33 @@
-//! Differential privacy and accounting (opendp). Filled by the privacy issue; deliberately empty until then.
+//! Differential privacy for fedfuse: what a release costs, and the record that proves it.
+//!
+//! - [`event`]: [`DpEvent`], a release described the way Google's `dp_accounting` describes it
+//!   (Gaussian, Poisson-sampled, self-composed, composed), so a Python auditor can replay it;
+//! - [`rdp`]: the Rényi-DP accountant for the Poisson-subsampled Gaussian (Mironov, Talwar,
+//!   Zhang 2019) with the improved RDP → (ε, δ) conversion (Canonne, Kamath, Steinke 2020);
+//! - [`pld`]: the privacy-loss-distribution accountant (connect-the-dots discretisation of
+//!   Doroshenko et al. 2022, FFT composition), tighter than RDP;
+//! - [`plan`]: the inverse, the noise multiplier needed for a target (ε, δ);
+//! - [`ledger`]: the hash-chained, fsynced JSON-lines [`PrivacyLedger`] and the budget check
+//!   that makes a store whose budget is spent refuse to train.
+//!
+//! Both accountants bound the *continuous* Gaussian mechanism. fedfuse samples an exact
+//! discrete Gaussian instead (floating-point samplers leak, Mironov 2012); Canonne, Kamath and
+//! Steinke (2020) show the discrete Gaussian's Rényi and hockey-stick divergences are no larger
+//! than the continuous one's at the same σ for integer-valued sensitivity, and Kairouz, Liu and
+//! Steinke (2021) extend this to the subsampled, composed setting, so the continuous accountants
+//! remain valid upper bounds once the grid rounding is charged to the sensitivity.
+
+pub mod event;
+pub mod rdp;
+mod special;
+
+pub use event::DpEvent;
+
+/// Errors from accounting itself (as opposed to the ledger's I/O).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AccountingError {
+    #[error("invalid parameter: {0}")]
+    InvalidParameter(String),
+    #[error("no finite bound: {0}")]
+    Unbounded(String),
+}
