@@ -18,6 +18,7 @@
 //! remain valid upper bounds once the grid rounding is charged to the sensitivity.
 
 pub mod event;
+pub mod pld;
 pub mod rdp;
 mod special;
 

@@ -10,20 +10,6 @@ pub fn log_add(a: f64, b: f64) -> f64 {
     (lo - hi).exp().ln_1p() + hi
 }
 
-/// log(e^a − e^b); `None` when the difference would be negative.
-pub fn log_sub(a: f64, b: f64) -> Option<f64> {
-    if a < b {
-        return None;
-    }
-    if b == f64::NEG_INFINITY {
-        return Some(a);
-    }
-    if a == b {
-        return Some(f64::NEG_INFINITY);
-    }
-    Some((a - b).exp_m1().ln() + b)
-}
-
 /// ln erfc(x), accurate where erfc underflows (x beyond ~26) by its asymptotic series.
 pub fn log_erfc(x: f64) -> f64 {
     if x < 25.0 {
@@ -60,8 +46,6 @@ mod tests {
     fn log_space_arithmetic() {
         assert!((log_add(2f64.ln(), 3f64.ln()) - 5f64.ln()).abs() < 1e-15);
         assert_eq!(log_add(f64::NEG_INFINITY, 1.0), 1.0);
-        assert!((log_sub(5f64.ln(), 3f64.ln()).unwrap() - 2f64.ln()).abs() < 1e-15);
-        assert_eq!(log_sub(1.0, 2.0), None);
     }
 
     #[test]

@@ -77,3 +77,28 @@ fn rdp_matches_dp_accounting_within_half_a_percent() {
         );
     }
 }
+
+#[test]
+fn pld_matches_dp_accounting_within_two_percent() {
+    for r in rows() {
+        let ours = fedfuse_privacy::pld::epsilon(&DpEvent::dp_sgd(r.sigma, r.q, r.steps), r.delta).unwrap();
+        let rel = (ours - r.eps_pld) / r.eps_pld;
+        assert!(
+            rel.abs() <= 0.02,
+            "σ={} q={} T={}: ours {ours}, dp_accounting {} ({:+.4}%)",
+            r.sigma,
+            r.q,
+            r.steps,
+            r.eps_pld,
+            rel * 100.0
+        );
+        assert!(
+            rel >= -0.001,
+            "under-reports: σ={} q={} T={}: {ours} < {}",
+            r.sigma,
+            r.q,
+            r.steps,
+            r.eps_pld
+        );
+    }
+}
