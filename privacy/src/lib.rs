@@ -18,11 +18,14 @@
 //! remain valid upper bounds once the grid rounding is charged to the sensitivity.
 
 pub mod event;
+pub mod ledger;
+pub mod plan;
 pub mod pld;
 pub mod rdp;
 mod special;
 
 pub use event::DpEvent;
+pub use ledger::{Budget, LedgerEntry, LedgerError, PrivacyLedger, Release, Spend};
 
 /// Errors from accounting itself (as opposed to the ledger's I/O).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
