@@ -141,7 +141,7 @@ fn line_hashes(line: &str) -> Option<(&str, String)> {
 
 impl LedgerEntry {
     /// Serialises the entry with its hash filled in; returns the line (no newline).
-    fn seal(&mut self) -> String {
+    pub(crate) fn seal(&mut self) -> String {
         self.hash = String::new();
         let unhashed = serde_json::to_string(self).expect("an entry serialises");
         let (_, hash) = line_hashes(&unhashed).expect("`hash` is the last field");

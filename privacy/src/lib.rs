@@ -7,6 +7,7 @@
 //! - [`pld`]: the privacy-loss-distribution accountant (connect-the-dots discretisation of
 //!   Doroshenko et al. 2022, FFT composition), tighter than RDP;
 //! - [`plan`]: the inverse, the noise multiplier needed for a target (ε, δ);
+//! - [`audit`]: an auditor's independent recomputation of a ledger;
 //! - [`ledger`]: the hash-chained, fsynced JSON-lines [`PrivacyLedger`] and the budget check
 //!   that makes a store whose budget is spent refuse to train.
 //!
@@ -17,6 +18,7 @@
 //! Steinke (2021) extend this to the subsampled, composed setting, so the continuous accountants
 //! remain valid upper bounds once the grid rounding is charged to the sensitivity.
 
+pub mod audit;
 pub mod event;
 pub mod ledger;
 pub mod plan;
