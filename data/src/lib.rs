@@ -1,0 +1,1 @@
+//! fedfuse data (to be written).
