@@ -6,6 +6,7 @@
 //!   Zhang 2019) with the improved RDP → (ε, δ) conversion (Canonne, Kamath, Steinke 2020);
 //! - [`pld`]: the privacy-loss-distribution accountant (connect-the-dots discretisation of
 //!   Doroshenko et al. 2022, FFT composition), tighter than RDP;
+//! - [`noise`]: exact discrete Gaussian noise on a 2^k grid, in fixed-width integers, fast;
 //! - [`plan`]: the inverse, the noise multiplier needed for a target (ε, δ);
 //! - [`audit`]: an auditor's independent recomputation of a ledger;
 //! - [`ledger`]: the hash-chained, fsynced JSON-lines [`PrivacyLedger`] and the budget check
@@ -21,6 +22,7 @@
 pub mod audit;
 pub mod event;
 pub mod ledger;
+pub mod noise;
 pub mod plan;
 pub mod pld;
 pub mod rdp;
