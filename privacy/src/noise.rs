@@ -267,10 +267,7 @@ impl GridGaussian {
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("noise worker panicked"))
-                .collect::<Result<(), _>>()
+            handles.into_iter().try_for_each(|h| h.join().expect("noise worker panicked"))
         })
     }
 }
