@@ -6,6 +6,7 @@
 //!   Zhang 2019) with the improved RDP → (ε, δ) conversion (Canonne, Kamath, Steinke 2020);
 //! - [`pld`]: the privacy-loss-distribution accountant (connect-the-dots discretisation of
 //!   Doroshenko et al. 2022, FFT composition), tighter than RDP;
+//! - [`fedavg`]: client-level DP-FedAvg: clipping, central or local noise, adaptive clipping;
 //! - [`noise`]: exact discrete Gaussian noise on a 2^k grid, in fixed-width integers, fast;
 //! - [`plan`]: the inverse, the noise multiplier needed for a target (ε, δ);
 //! - [`audit`]: an auditor's independent recomputation of a ledger;
@@ -21,6 +22,7 @@
 
 pub mod audit;
 pub mod event;
+pub mod fedavg;
 pub mod ledger;
 pub mod noise;
 pub mod plan;
