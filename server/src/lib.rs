@@ -2,6 +2,11 @@
 //!
 //! - [`pki`]: the platform CA and store certificates (`init`, `issue-store`, `revoke-store`).
 //! - [`config`]: the aggregator's TOML configuration.
+//! - [`layout`], [`validate`]: the global model's tensors, and the checks an update must pass.
+//! - [`aggregate`]: streaming aggregation rules and server optimisers.
 
+pub mod aggregate;
 pub mod config;
+pub mod layout;
 pub mod pki;
+pub mod validate;

@@ -1,0 +1,199 @@
+//! Update validation: an update is accepted whole or not at all.
+//!
+//! Every check runs before anything touches the round's aggregate, so a rejected update leaves
+//! no trace but the rejection (sent to the store with its reason, and logged).
+
+use fedfuse_protocol::msgs::{RejectionReason, UpdateUpload};
+
+use crate::layout::ModelLayout;
+
+/// What a round accepts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateRules {
+    pub round_id: u64,
+    pub base_version: u64,
+    /// Largest L2 norm of a whole update (norm bounding); `None` to skip.
+    pub norm_bound: Option<f64>,
+}
+
+/// A validated update: the flat delta in layout order and its weight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidUpdate {
+    pub delta: Vec<f32>,
+    pub example_count: u64,
+    pub norm: f64,
+}
+
+/// Checks an upload against the layout and the round, decoding it into one flat delta.
+pub fn validate(upload: &UpdateUpload, layout: &ModelLayout, rules: &UpdateRules) -> Result<ValidUpdate, RejectionReason> {
+    if upload.round_id != rules.round_id {
+        return Err(RejectionReason::RoundClosed {
+            round_id: upload.round_id,
+        });
+    }
+    if upload.base_model_version != rules.base_version {
+        return Err(RejectionReason::StaleBase {
+            expected: rules.base_version,
+            got: upload.base_model_version,
+        });
+    }
+    let mut seen = vec![false; layout.tensors().len()];
+    for t in &upload.tensors {
+        let (index, _) = layout
+            .find(&t.name)
+            .ok_or_else(|| RejectionReason::UnknownTensor { name: t.name.clone() })?;
+        if std::mem::replace(&mut seen[index], true) {
+            return Err(RejectionReason::Malformed {
+                detail: format!("tensor {:?} sent twice", t.name),
+            });
+        }
+        let spec = &layout.tensors()[index];
+        if t.shape != spec.shape {
+            return Err(RejectionReason::WrongShape {
+                name: t.name.clone(),
+                expected: spec.shape.clone(),
+                got: t.shape.clone(),
+            });
+        }
+    }
+    if let Some(i) = seen.iter().position(|s| !s) {
+        return Err(RejectionReason::MissingTensor {
+            name: layout.tensors()[i].name.clone(),
+        });
+    }
+    let mut delta = vec![0f32; layout.len()];
+    let mut sq = 0f64;
+    for t in &upload.tensors {
+        let (index, offset) = layout.find(&t.name).expect("checked above");
+        let spec = &layout.tensors()[index];
+        let values = t
+            .to_f32(&spec.shape)
+            .map_err(|e| RejectionReason::Malformed { detail: e.to_string() })?;
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(RejectionReason::NonFinite { name: t.name.clone() });
+        }
+        sq += values.iter().map(|v| f64::from(*v) * f64::from(*v)).sum::<f64>();
+        delta[offset..offset + values.len()].copy_from_slice(&values);
+    }
+    let norm = sq.sqrt();
+    if let Some(bound) = rules.norm_bound
+        && norm > bound
+    {
+        return Err(RejectionReason::NormTooLarge { norm, bound });
+    }
+    Ok(ValidUpdate {
+        delta,
+        example_count: upload.example_count,
+        norm,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use fedfuse_protocol::tensor::{NamedTensor, UpdateEncoding, ValueEncoding};
+
+    use super::*;
+    use crate::layout::TensorSpec;
+
+    fn layout() -> ModelLayout {
+        ModelLayout::new(vec![
+            TensorSpec {
+                name: "emb".into(),
+                shape: vec![3, 2],
+            },
+            TensorSpec {
+                name: "head".into(),
+                shape: vec![2],
+            },
+        ])
+    }
+
+    fn tensor(name: &str, shape: &[u32], values: &[f32]) -> NamedTensor {
+        NamedTensor::encode(name, shape, values, UpdateEncoding::Dense(ValueEncoding::F32), 0).unwrap()
+    }
+
+    fn upload(tensors: Vec<NamedTensor>) -> UpdateUpload {
+        UpdateUpload {
+            round_id: 4,
+            base_model_version: 9,
+            example_count: 10,
+            metrics: vec![],
+            privacy_spend: None,
+            tensors,
+        }
+    }
+
+    const RULES: UpdateRules = UpdateRules {
+        round_id: 4,
+        base_version: 9,
+        norm_bound: Some(10.0),
+    };
+
+    #[test]
+    fn a_good_update_becomes_one_flat_delta_in_layout_order() {
+        let up = upload(vec![
+            tensor("head", &[2], &[7.0, 8.0]),
+            tensor("emb", &[3, 2], &[1.0, 2.0, 0.0, 0.0, 0.0, 1.0]),
+        ]);
+        let v = validate(
+            &up,
+            &layout(),
+            &UpdateRules {
+                norm_bound: None,
+                ..RULES
+            },
+        )
+        .unwrap();
+        assert_eq!(v.delta, vec![1.0, 2.0, 0.0, 0.0, 0.0, 1.0, 7.0, 8.0]);
+        assert!((v.norm - (1.0f64 + 4.0 + 1.0 + 49.0 + 64.0).sqrt()).abs() < 1e-9);
+    }
+
+    #[test]
+    fn every_bad_update_is_rejected_with_its_reason() {
+        let emb = || tensor("emb", &[3, 2], &[0.0; 6]);
+        let head = || tensor("head", &[2], &[0.0; 2]);
+        let l = layout();
+        let cases: Vec<(UpdateUpload, fn(&RejectionReason) -> bool)> = vec![
+            (
+                upload(vec![emb()]),
+                |r| matches!(r, RejectionReason::MissingTensor { name } if name == "head"),
+            ),
+            (upload(vec![emb(), head(), tensor("extra", &[1], &[0.0])]), |r| {
+                matches!(r, RejectionReason::UnknownTensor { .. })
+            }),
+            (upload(vec![emb(), tensor("head", &[1, 2], &[0.0; 2])]), |r| {
+                matches!(r, RejectionReason::WrongShape { .. })
+            }),
+            (upload(vec![emb(), tensor("head", &[2], &[f32::NAN, 0.0])]), |r| {
+                matches!(r, RejectionReason::NonFinite { .. })
+            }),
+            (upload(vec![emb(), tensor("head", &[2], &[f32::INFINITY, 0.0])]), |r| {
+                matches!(r, RejectionReason::NonFinite { .. })
+            }),
+            (upload(vec![emb(), tensor("head", &[2], &[100.0, 0.0])]), |r| {
+                matches!(r, RejectionReason::NormTooLarge { .. })
+            }),
+            (upload(vec![emb(), head(), head()]), |r| {
+                matches!(r, RejectionReason::Malformed { .. })
+            }),
+            (
+                UpdateUpload {
+                    base_model_version: 8,
+                    ..upload(vec![emb(), head()])
+                },
+                |r| matches!(r, RejectionReason::StaleBase { expected: 9, got: 8 }),
+            ),
+            (
+                UpdateUpload {
+                    round_id: 3,
+                    ..upload(vec![emb(), head()])
+                },
+                |r| matches!(r, RejectionReason::RoundClosed { round_id: 3 }),
+            ),
+        ];
+        for (up, check) in cases {
+            let err = validate(&up, &l, &RULES).unwrap_err();
+            assert!(check(&err), "{err:?}");
+        }
+    }
+}
