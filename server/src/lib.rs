@@ -4,9 +4,11 @@
 //! - [`config`]: the aggregator's TOML configuration.
 //! - [`layout`], [`validate`]: the global model's tensors, and the checks an update must pass.
 //! - [`aggregate`]: streaming aggregation rules and server optimisers.
+//! - [`round`]: the [`round::RoundCoordinator`] state machine: events in, actions out, no I/O.
 
 pub mod aggregate;
 pub mod config;
 pub mod layout;
 pub mod pki;
+pub mod round;
 pub mod validate;

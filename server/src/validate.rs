@@ -153,7 +153,8 @@ mod tests {
         let emb = || tensor("emb", &[3, 2], &[0.0; 6]);
         let head = || tensor("head", &[2], &[0.0; 2]);
         let l = layout();
-        let cases: Vec<(UpdateUpload, fn(&RejectionReason) -> bool)> = vec![
+        type Expect = fn(&RejectionReason) -> bool;
+        let cases: Vec<(UpdateUpload, Expect)> = vec![
             (
                 upload(vec![emb()]),
                 |r| matches!(r, RejectionReason::MissingTensor { name } if name == "head"),

@@ -1,0 +1,267 @@
+//! The coordinator driven event by event, with no network and no clock.
+
+use fedfuse_protocol::msgs::{RejectionReason, UpdateUpload};
+use fedfuse_protocol::tensor::{NamedTensor, UpdateEncoding, ValueEncoding};
+
+use super::*;
+use crate::aggregate::AggregationRule;
+use crate::layout::TensorSpec;
+
+fn layout() -> ModelLayout {
+    ModelLayout::new(vec![TensorSpec {
+        name: "w".into(),
+        shape: vec![2],
+    }])
+}
+
+fn policy() -> RoundPolicy {
+    RoundPolicy {
+        min_stores: 3,
+        quorum: 2,
+        deadline_ms: 1000,
+        rounds: 3,
+        aggregation: AggregationRule::UniformMean { expected_stores: None },
+        ..RoundPolicy::default()
+    }
+}
+
+fn coordinator(policy: RoundPolicy, dir: &tempfile::TempDir) -> RoundCoordinator {
+    RoundCoordinator::new(policy, layout(), vec![0.0, 0.0], 0, 1, dir.path().to_owned())
+}
+
+fn update(round_id: u64, base: u64, values: [f32; 2]) -> UpdateUpload {
+    UpdateUpload {
+        round_id,
+        base_model_version: base,
+        example_count: 10,
+        metrics: vec![],
+        privacy_spend: None,
+        tensors: vec![NamedTensor::encode("w", &[2], &values, UpdateEncoding::Dense(ValueEncoding::F32), 0).unwrap()],
+    }
+}
+
+fn connect(c: &mut RoundCoordinator, stores: &[&str]) -> Vec<Action> {
+    stores
+        .iter()
+        .flat_map(|s| c.handle(Event::Connected { store: s.to_string() }))
+        .collect()
+}
+
+fn offers(actions: &[Action]) -> Vec<(String, u64, u64)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Offer {
+                store,
+                round_id,
+                version,
+                ..
+            } => Some((store.clone(), *round_id, *version)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn send(c: &mut RoundCoordinator, store: &str, upload: UpdateUpload) -> Vec<Action> {
+    c.handle(Event::Update {
+        store: store.into(),
+        upload,
+    })
+}
+
+#[test]
+fn three_stores_three_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = coordinator(policy(), &dir);
+    let mut actions = connect(&mut c, &["a", "b"]);
+    assert!(offers(&actions).is_empty(), "no round before min_stores");
+    actions = connect(&mut c, &["c"]);
+    for round in 1..=3u64 {
+        let offered = offers(&actions);
+        assert_eq!(offered.len(), 3, "round {round}: {actions:?}");
+        assert!(offered.iter().all(|(_, r, v)| *r == round && *v == round - 1));
+        let mut all = Vec::new();
+        for (i, store) in ["a", "b", "c"].into_iter().enumerate() {
+            all.extend(send(&mut c, store, update(round, round - 1, [i as f32, 1.0])));
+        }
+        let commit = all.iter().find_map(|a| match a {
+            Action::Commit {
+                round_id,
+                version,
+                params,
+                updates,
+            } => Some((*round_id, *version, params.clone(), *updates)),
+            _ => None,
+        });
+        let (r, v, params, n) = commit.expect("round commits once all stores report");
+        assert_eq!((r, v, n), (round, round, 3));
+        // Uniform mean of [0,1], [1,1], [2,1] is [1,1], added each round.
+        assert_eq!(params.as_ref(), &vec![round as f32, round as f32]);
+        actions = all;
+    }
+    assert!(actions.contains(&Action::Finished));
+    assert_eq!(c.version(), 3);
+}
+
+#[test]
+fn a_store_lost_mid_round_neither_stalls_nor_corrupts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = coordinator(policy(), &dir);
+    connect(&mut c, &["a", "b", "c"]);
+    send(&mut c, "a", update(1, 0, [1.0, 1.0]));
+    let gone = c.handle(Event::Gone { store: "c".into() });
+    assert!(gone.is_empty());
+    let done = send(&mut c, "b", update(1, 0, [3.0, 3.0]));
+    let params = done.iter().find_map(|a| match a {
+        Action::Commit { params, updates: 2, .. } => Some(params.clone()),
+        _ => None,
+    });
+    assert_eq!(params.expect("closes with the two that remain").as_ref(), &vec![2.0, 2.0]);
+    // c's late reconnect-and-upload for the closed round is refused.
+    c.handle(Event::Connected { store: "c".into() });
+    let late = send(&mut c, "c", update(1, 0, [100.0, 100.0]));
+    assert!(late.iter().any(|a| matches!(
+        a,
+        Action::Rejected {
+            reason: RejectionReason::RoundClosed { round_id: 1 },
+            ..
+        }
+    )));
+    assert_eq!(c.params(), &[2.0, 2.0]);
+}
+
+#[test]
+fn bad_updates_are_rejected_with_reasons_and_never_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = coordinator(policy(), &dir);
+    connect(&mut c, &["a", "b", "c"]);
+    let nan = send(&mut c, "a", update(1, 0, [f32::NAN, 0.0]));
+    assert!(matches!(
+        &nan[0],
+        Action::Rejected {
+            reason: RejectionReason::NonFinite { .. },
+            ..
+        }
+    ));
+    let stale = send(&mut c, "a", update(1, 7, [1.0, 1.0]));
+    assert!(matches!(
+        &stale[0],
+        Action::Rejected {
+            reason: RejectionReason::StaleBase { expected: 0, got: 7 },
+            ..
+        }
+    ));
+    let mut shaped = update(1, 0, [1.0, 1.0]);
+    shaped.tensors = vec![NamedTensor::encode("w", &[1, 2], &[1.0, 1.0], UpdateEncoding::Dense(ValueEncoding::F32), 0).unwrap()];
+    assert!(matches!(
+        &send(&mut c, "a", shaped)[0],
+        Action::Rejected {
+            reason: RejectionReason::WrongShape { .. },
+            ..
+        }
+    ));
+    assert!(matches!(
+        &send(&mut c, "stranger", update(1, 0, [1.0, 1.0]))[0],
+        Action::Rejected { .. }
+    ));
+    // After the rejections a may still send its real update, once.
+    assert!(matches!(
+        &send(&mut c, "a", update(1, 0, [2.0, 2.0]))[0],
+        Action::Accepted { updates_in_round: 1, .. }
+    ));
+    assert!(matches!(
+        &send(&mut c, "a", update(1, 0, [2.0, 2.0]))[0],
+        Action::Rejected { .. }
+    ));
+    send(&mut c, "b", update(1, 0, [4.0, 4.0]));
+    let done = send(&mut c, "c", update(1, 0, [6.0, 6.0]));
+    assert!(done.iter().any(|a| matches!(a, Action::Commit { updates: 3, .. })));
+    assert_eq!(c.params(), &[4.0, 4.0]);
+}
+
+#[test]
+fn deadlines_close_with_quorum_or_fail_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = coordinator(policy(), &dir);
+    connect(&mut c, &["a", "b", "c"]);
+    send(&mut c, "a", update(1, 0, [1.0, 1.0]));
+    // One of three by the deadline: below quorum, the round fails, round 2 starts on version 0.
+    let after = c.handle(Event::Tick { now_ms: 1000 });
+    assert!(
+        after.iter().any(|a| matches!(a, Action::RoundFailed { round_id: 1, .. })),
+        "{after:?}"
+    );
+    assert_eq!(offers(&after).first().map(|o| (o.1, o.2)), Some((2, 0)));
+    // Two of three by round 2's deadline: quorum, it commits.
+    send(&mut c, "a", update(2, 0, [1.0, 1.0]));
+    send(&mut c, "b", update(2, 0, [3.0, 3.0]));
+    let after = c.handle(Event::Tick { now_ms: 2500 });
+    assert!(
+        after.iter().any(|a| matches!(
+            a,
+            Action::Commit {
+                round_id: 2,
+                version: 1,
+                updates: 2,
+                ..
+            }
+        )),
+        "{after:?}"
+    );
+}
+
+#[test]
+fn fine_tuning_holds_the_next_round_and_its_result_is_the_next_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = coordinator(
+        RoundPolicy {
+            fine_tune: true,
+            ..policy()
+        },
+        &dir,
+    );
+    connect(&mut c, &["a", "b", "c"]);
+    for s in ["a", "b"] {
+        send(&mut c, s, update(1, 0, [1.0, 1.0]));
+    }
+    let done = send(&mut c, "c", update(1, 0, [1.0, 1.0]));
+    assert!(done.iter().any(|a| matches!(a, Action::FineTune { version: 1, .. })));
+    assert!(offers(&done).is_empty(), "no offer while fine-tuning");
+    let next = c.handle(Event::FineTuned {
+        version: 1,
+        params: Arc::new(vec![9.0, 9.0]),
+    });
+    assert_eq!(offers(&next).len(), 3);
+    assert_eq!(c.params(), &[9.0, 9.0]);
+}
+
+#[test]
+fn a_restarted_coordinator_continues_at_the_next_round_from_the_committed_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = RoundCoordinator::new(policy(), layout(), vec![5.0, 5.0], 4, 5, dir.path().to_owned());
+    let actions = connect(&mut c, &["a", "b", "c"]);
+    assert!(offers(&actions).iter().all(|(_, r, v)| *r == 5 && *v == 4));
+}
+
+#[test]
+fn sampling_is_deterministic_for_a_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let sampled = |seed| {
+        let p = RoundPolicy {
+            sample_fraction: 0.5,
+            seed,
+            ..policy()
+        };
+        let mut c = coordinator(p, &dir);
+        let stores: Vec<String> = (0..10).map(|i| format!("s{i}")).collect();
+        let refs: Vec<&str> = stores.iter().map(String::as_str).collect();
+        let mut o: Vec<String> = offers(&connect(&mut c, &refs)).into_iter().map(|o| o.0).collect();
+        o.sort();
+        o
+    };
+    // The round opens once min_stores (3) are connected, so it samples from the first three.
+    assert_eq!(sampled(1), sampled(1));
+    assert_eq!(sampled(1).len(), 2);
+    let distinct: std::collections::BTreeSet<Vec<String>> = (0..12).map(sampled).collect();
+    assert!(distinct.len() >= 2, "the seed never changes the sample");
+}
