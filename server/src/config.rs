@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 use fedfuse_transport::TransportTuning;
 use serde::{Deserialize, Serialize};
 
+use crate::aggregate::AggregationRule;
+use crate::aggregate::optimizer::ServerOptimizerConfig;
+use crate::round::RoundPolicy;
+
 pub const DEFAULT_AGGREGATOR_NAME: &str = "aggregator.fedfuse.local";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7450";
 
@@ -46,6 +50,7 @@ pub struct ServerConfig {
     pub server: ServerSection,
     pub pki: PkiSection,
     pub transport: TransportTuning,
+    pub round: RoundPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +80,8 @@ impl ServerConfig {
     /// The configuration as TOML, every field commented.
     pub fn to_commented_toml(&self) -> String {
         let t = &self.transport;
+        let r = &self.round;
+        let inline = |v: &dyn erased::Inline| v.inline();
         format!(
             r#"# fedfuse aggregator configuration, written by `fedfuse-server init`.
 # Every value below is the default unless `init` was told otherwise.
@@ -111,6 +118,31 @@ socket_buffer_bytes = {sock}
 # Keep-alive probe interval and idle timeout, in milliseconds.
 keep_alive_ms = {ka}
 idle_timeout_ms = {idle}
+
+[round]
+# Share of connected stores offered each round (never fewer than `quorum`).
+sample_fraction = {frac}
+# Connected stores needed before a round starts.
+min_stores = {min}
+# Updates needed to aggregate; a round with fewer by its deadline fails and is retried.
+quorum = {quorum}
+# Milliseconds from offer to deadline.
+deadline_ms = {deadline}
+# Rounds to run; 0 runs until stopped.
+rounds = {rounds}
+# Seeds the choice of participants.
+seed = {seed}
+# How updates are combined: {{ rule = "example_weighted_mean" }}, {{ rule = "uniform_mean",
+# expected_stores = N }} (with DP: a fixed denominator), {{ rule = "coordinate_median" }},
+# {{ rule = "trimmed_mean", trim = 0.1 }}.
+aggregation = {aggregation}
+# How the aggregate is applied: {{ optimizer = "fed_avg", lr = 1.0 }}, or fed_adagrad / fed_adam /
+# fed_yogi with lr, beta1, (beta2,) tau (Reddi et al. 2021).
+optimizer = {optimizer}
+# Reject updates whose L2 norm exceeds this (uncomment to enable).
+{norm}
+# Fine-tune each new global model on platform data before the next round.
+fine_tune = {fine_tune}
 "#,
             listen = self.server.listen,
             name = self.server.name,
@@ -125,7 +157,40 @@ idle_timeout_ms = {idle}
             sock = t.socket_buffer_bytes,
             ka = t.keep_alive_ms,
             idle = t.idle_timeout_ms,
+            frac = r.sample_fraction,
+            min = r.min_stores,
+            quorum = r.quorum,
+            deadline = r.deadline_ms,
+            rounds = r.rounds,
+            seed = r.seed,
+            aggregation = inline(&r.aggregation),
+            optimizer = inline(&r.optimizer),
+            norm = r
+                .norm_bound
+                .map_or("# norm_bound = 10.0".to_string(), |b| format!("norm_bound = {b:?}")),
+            fine_tune = r.fine_tune,
         )
+    }
+}
+
+/// Tagged enums written as TOML inline tables (`{ rule = "…" }`), which `toml` only emits for
+/// values nested in a table.
+mod erased {
+    pub trait Inline {
+        fn inline(&self) -> String;
+    }
+
+    impl<T: serde::Serialize> Inline for T {
+        fn inline(&self) -> String {
+            #[derive(serde::Serialize)]
+            struct Wrap<'a, T> {
+                v: &'a T,
+            }
+            let text = toml::to_string(&Wrap { v: self }).expect("a policy value serialises");
+            // `[v]\nkey = value\n…` → `{ key = value, … }`
+            let fields: Vec<&str> = text.lines().skip(1).filter(|l| !l.trim().is_empty()).collect();
+            format!("{{ {} }}", fields.join(", "))
+        }
     }
 }
 
@@ -138,8 +203,18 @@ mod tests {
         let mut config = ServerConfig::default();
         config.server.name = "agg.example".into();
         config.transport.stream_window = 12345;
+        config.round.aggregation = AggregationRule::TrimmedMean { trim: 0.1 };
+        config.round.optimizer = ServerOptimizerConfig::FedAdam {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.99,
+            tau: 1e-3,
+        };
+        config.round.norm_bound = Some(5.0);
         let parsed: ServerConfig = toml::from_str(&config.to_commented_toml()).unwrap();
         assert_eq!(parsed, config);
+        let defaults: ServerConfig = toml::from_str(&ServerConfig::default().to_commented_toml()).unwrap();
+        assert_eq!(defaults, ServerConfig::default());
     }
 
     #[test]
