@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 use fedfuse_transport::TransportTuning;
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::AggregationRule;
-use crate::aggregate::optimizer::ServerOptimizerConfig;
 use crate::round::RoundPolicy;
 
 pub const DEFAULT_AGGREGATOR_NAME: &str = "aggregator.fedfuse.local";
@@ -197,6 +195,8 @@ mod erased {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aggregate::AggregationRule;
+    use crate::aggregate::optimizer::ServerOptimizerConfig;
 
     #[test]
     fn the_commented_template_parses_back_to_the_same_config() {
