@@ -1,1 +1,185 @@
-//! The store agent. Filled by the federation issue; it will drive `fedfuse-transport` and `fedfuse-model`.
+//! The store agent: the store's side of a federation session.
+//!
+//! It says hello, then for each round offered downloads the global model (hash-checked), hands
+//! it to a [`LocalTrainer`] (the store's own training, on its own data; nothing about a
+//! shopper leaves it but the update), encodes the update as the round's plan asks, uploads it,
+//! and records the aggregator's verdict. Training is behind a trait so the same session code
+//! serves the burn trainer, tests and benchmarks.
+
+use std::time::Duration;
+
+use fedfuse_protocol::msgs::{Bye, Capabilities, Hello, Metric, RejectionReason, TrainingPlan, UpdateUpload, decode_model_blob};
+use fedfuse_protocol::tensor::{NamedTensor, UpdateEncoding};
+use fedfuse_protocol::{Message, msgs::RefusalReason};
+use fedfuse_transport::{PeerConnection, TransportError};
+
+/// A tensor's name and shape, as the offered model declares them.
+pub type TensorShape = (String, Vec<u32>);
+
+/// What local training produced: the delta (trained minus offered parameters, flat, in the
+/// model's tensor order), how many examples it saw, and metrics to report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalUpdate {
+    pub delta: Vec<f32>,
+    pub example_count: u64,
+    pub metrics: Vec<Metric>,
+}
+
+/// The store's training, on the store's data.
+pub trait LocalTrainer: Send {
+    fn train(
+        &mut self,
+        round_id: u64,
+        shapes: &[TensorShape],
+        params: &[f32],
+        plan: &TrainingPlan,
+    ) -> Result<LocalUpdate, String>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("the aggregator refused this store: {0}")]
+    Refused(RefusalReason),
+    #[error("the aggregator sent a bad model: {0}")]
+    BadModel(String),
+    #[error("local training failed in round {round}: {detail}")]
+    Training { round: u64, detail: String },
+}
+
+/// How one session went.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentReport {
+    pub store_id: String,
+    pub trained_rounds: Vec<u64>,
+    pub accepted: Vec<u64>,
+    pub rejected: Vec<(u64, RejectionReason)>,
+    pub last_model_version: Option<u64>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+/// Options for a store session.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub software_version: String,
+    pub capabilities: Capabilities,
+    /// Largest model the store will download.
+    pub max_model_bytes: u64,
+    /// Seed of int8 stochastic rounding (fresh entropy in production).
+    pub rounding_seed: u64,
+}
+
+/// Runs one session on an established connection until the aggregator says goodbye.
+pub async fn run_session(
+    conn: &PeerConnection,
+    trainer: &mut dyn LocalTrainer,
+    opts: &AgentOptions,
+) -> Result<AgentReport, AgentError> {
+    conn.send(&Message::Hello(Hello::current(
+        opts.software_version.clone(),
+        opts.capabilities.clone(),
+    )))
+    .await?;
+    let mut report = AgentReport::default();
+    match conn.recv().await? {
+        Message::Welcome(w) => {
+            conn.set_max_message_bytes(w.capabilities.max_message_bytes);
+            report.store_id = w.store_id;
+        }
+        Message::Refused(r) => return Err(AgentError::Refused(r.reason)),
+        other => {
+            return Err(AgentError::Transport(TransportError::Unexpected {
+                expected: "Welcome",
+                got: other.kind(),
+            }));
+        }
+    }
+    loop {
+        match conn.recv().await? {
+            Message::RoundOffer(offer) => {
+                let blob = conn.recv_model(&offer.model, opts.max_model_bytes).await?;
+                report.bytes_down += blob.len() as u64;
+                let tensors = decode_model_blob(&blob).map_err(|e| AgentError::BadModel(e.to_string()))?;
+                let shapes: Vec<TensorShape> = tensors.iter().map(|(t, _)| (t.name.clone(), t.shape.clone())).collect();
+                let params: Vec<f32> = tensors.into_iter().flat_map(|(_, v)| v).collect();
+                let update = trainer
+                    .train(offer.round_id, &shapes, &params, &offer.plan)
+                    .map_err(|detail| AgentError::Training {
+                        round: offer.round_id,
+                        detail,
+                    })?;
+                report.trained_rounds.push(offer.round_id);
+                report.last_model_version = Some(offer.model.version);
+                let upload = encode_update(&offer, &shapes, update, opts.rounding_seed)?;
+                let frame = Message::UpdateUpload(upload).encode().map_err(TransportError::from)?;
+                report.bytes_up += frame.len() as u64;
+                conn.send_frame(&frame).await?;
+            }
+            Message::UpdateAccepted(a) => report.accepted.push(a.round_id),
+            Message::UpdateRejected(r) => {
+                tracing::warn!(round = r.round_id, reason = %r.reason, "update rejected");
+                report.rejected.push((r.round_id, r.reason));
+            }
+            Message::Heartbeat(_) => {}
+            Message::Bye(_) => {
+                let _ = conn
+                    .send(&Message::Bye(Bye {
+                        reason: "goodbye".into(),
+                    }))
+                    .await;
+                conn.close_gracefully("session over", Duration::from_secs(1)).await;
+                return Ok(report);
+            }
+            other => tracing::warn!(kind = ?other.kind(), "unexpected message ignored"),
+        }
+    }
+}
+
+fn encode_update(
+    offer: &fedfuse_protocol::msgs::RoundOffer,
+    shapes: &[TensorShape],
+    update: LocalUpdate,
+    seed: u64,
+) -> Result<UpdateUpload, AgentError> {
+    let total: usize = shapes
+        .iter()
+        .map(|(_, s)| s.iter().map(|d| *d as usize).product::<usize>())
+        .sum();
+    if update.delta.len() != total {
+        return Err(AgentError::Training {
+            round: offer.round_id,
+            detail: format!("trainer returned {} values for a model of {total}", update.delta.len()),
+        });
+    }
+    let mut offset = 0;
+    let mut tensors = Vec::with_capacity(shapes.len());
+    for (i, (name, shape)) in shapes.iter().enumerate() {
+        let len: usize = shape.iter().map(|d| *d as usize).product();
+        // Row-sparse only for 2-D tensors; others go dense in the same value encoding.
+        let encoding = match offer.plan.update_encoding {
+            UpdateEncoding::RowSparse(v) if shape.len() != 2 => UpdateEncoding::Dense(v),
+            e => e,
+        };
+        tensors.push(
+            NamedTensor::encode(
+                name.clone(),
+                shape,
+                &update.delta[offset..offset + len],
+                encoding,
+                seed.wrapping_add(i as u64),
+            )
+            .map_err(TransportError::from)?,
+        );
+        offset += len;
+    }
+    Ok(UpdateUpload {
+        round_id: offer.round_id,
+        base_model_version: offer.model.version,
+        example_count: update.example_count,
+        metrics: update.metrics,
+        privacy_spend: None,
+        tensors,
+    })
+}

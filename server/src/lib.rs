@@ -4,6 +4,8 @@
 //! - [`config`]: the aggregator's TOML configuration.
 //! - [`layout`], [`validate`]: the global model's tensors, and the checks an update must pass.
 //! - [`aggregate`]: streaming aggregation rules and server optimisers.
+//! - [`service`]: the async driver: QUIC sessions in, coordinator actions out, commits persisted.
+//! - [`state`]: the embedded database and model blobs, for crash-safe resumption.
 //! - [`round`]: the [`round::RoundCoordinator`] state machine: events in, actions out, no I/O.
 
 pub mod aggregate;
@@ -11,4 +13,6 @@ pub mod config;
 pub mod layout;
 pub mod pki;
 pub mod round;
+pub mod service;
+pub mod state;
 pub mod validate;

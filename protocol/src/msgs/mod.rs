@@ -7,7 +7,7 @@ mod session;
 mod update;
 
 pub use handshake::{Capabilities, Hello, RefusalReason, Refused, Welcome, negotiate};
-pub use model::{ModelChunk, ModelManifest, chunk_ranges};
+pub use model::{ModelChunk, ModelManifest, chunk_ranges, decode_model_blob, encode_model_blob};
 pub use round::{DpRequirement, LocalWork, NoiseMode, PrivacyUnit, RoundOffer, TrainingPlan};
 pub use session::{Bye, Heartbeat};
 pub use update::{Metric, PrivacySpend, RejectionReason, UpdateAccepted, UpdateRejected, UpdateUpload};

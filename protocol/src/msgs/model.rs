@@ -44,6 +44,34 @@ impl ModelChunk {
     }
 }
 
+/// The bytes of a global model as it is offered: its parameter tensors (f32, dense), postcard
+/// encoded. Self-describing, so a store learns names and shapes from the model itself.
+pub fn encode_model_blob(tensors: &[crate::tensor::NamedTensor]) -> Vec<u8> {
+    postcard::to_allocvec(tensors).expect("writing to a Vec cannot fail")
+}
+
+/// Decodes a model blob, validating every tensor as it would an update's.
+pub fn decode_model_blob(bytes: &[u8]) -> Result<Vec<(crate::tensor::NamedTensor, Vec<f32>)>, crate::DecodeError> {
+    let tensors: Vec<crate::tensor::NamedTensor> = postcard::from_bytes(bytes).map_err(|e| crate::DecodeError::Malformed {
+        kind: crate::MessageKind::ModelChunk,
+        detail: format!("model blob: {e}"),
+    })?;
+    tensors
+        .into_iter()
+        .map(|t| {
+            // Dense only: a row-sparse payload would let a few bytes declare a huge table.
+            if !matches!(t.payload, crate::tensor::TensorPayload::Dense(_)) {
+                return Err(crate::DecodeError::InvalidTensor {
+                    name: t.name.clone(),
+                    detail: "model blobs carry dense tensors only".into(),
+                });
+            }
+            let values = t.to_f32(&t.shape.clone())?;
+            Ok((t, values))
+        })
+        .collect()
+}
+
 /// The byte ranges a manifest's blob is cut into. An empty iterator for a zero-length blob;
 /// a chunk size of 0 or above [`MAX_MODEL_CHUNK_BYTES`] is clamped into range.
 pub fn chunk_ranges(manifest: &ModelManifest) -> impl Iterator<Item = std::ops::Range<u64>> {
@@ -68,6 +96,24 @@ mod tests {
         assert_eq!(chunk_ranges(&m(8, 4)).count(), 2);
         assert_eq!(chunk_ranges(&m(0, 4)).count(), 0);
         assert_eq!(chunk_ranges(&m(3, 0)).count(), 3);
+    }
+
+    #[test]
+    fn model_blobs_round_trip_and_garbage_is_an_error() {
+        use crate::tensor::{NamedTensor, UpdateEncoding, ValueEncoding};
+        let t = NamedTensor::encode(
+            "w",
+            &[2, 2],
+            &[1.0, 2.0, 3.0, 4.0],
+            UpdateEncoding::Dense(ValueEncoding::F32),
+            0,
+        )
+        .unwrap();
+        let blob = encode_model_blob(std::slice::from_ref(&t));
+        let back = decode_model_blob(&blob).unwrap();
+        assert_eq!(back[0].1, vec![1.0, 2.0, 3.0, 4.0]);
+        assert!(decode_model_blob(&blob[..blob.len() - 1]).is_err());
+        assert!(decode_model_blob(&[0xff; 16]).is_err());
     }
 
     #[test]

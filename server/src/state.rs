@@ -1,0 +1,263 @@
+//! The aggregator's durable state: an embedded database (redb) for rounds, stores and the
+//! current model version, and model blobs as files beside it.
+//!
+//! A commit writes the model blob first (temporary file, fsync, rename, directory fsync), then
+//! records it in one database transaction. A crash between the two leaves an unreferenced blob
+//! and the previous state, never a database entry pointing at a blob that is not on disk; a
+//! restarted aggregator resumes from the last committed round with the same model hash.
+
+use std::path::{Path, PathBuf};
+
+use fedfuse_protocol::msgs::{decode_model_blob, encode_model_blob};
+use fedfuse_protocol::tensor::{NamedTensor, UpdateEncoding, ValueEncoding};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::layout::{ModelLayout, TensorSpec};
+use crate::pki::write_atomic;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const ROUNDS: TableDefinition<u64, &[u8]> = TableDefinition::new("rounds");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state database: {0}")]
+    Db(#[from] redb::Error),
+    #[error("{0}")]
+    Pki(#[from] crate::pki::PkiError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: corrupt model blob: {detail}")]
+    CorruptBlob { path: PathBuf, detail: String },
+    #[error("state database: {0}")]
+    Corrupt(String),
+}
+
+macro_rules! db {
+    ($e:expr) => {
+        $e.map_err(|e| StateError::Db(e.into()))
+    };
+}
+
+/// The last committed model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Committed {
+    pub version: u64,
+    pub next_round: u64,
+    pub content_hash: [u8; 32],
+}
+
+/// What the database remembers of a round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    pub round_id: u64,
+    pub version: u64,
+    pub updates: usize,
+    pub content_hash: [u8; 32],
+    pub unix_ms: u64,
+}
+
+pub struct AggregatorState {
+    dir: PathBuf,
+    db: Database,
+}
+
+/// The model as offered: blob bytes, their hash, the layout and the flat parameters.
+pub struct ModelSnapshot {
+    pub version: u64,
+    pub blob: Vec<u8>,
+    pub content_hash: [u8; 32],
+    pub layout: ModelLayout,
+    pub params: Vec<f32>,
+}
+
+/// Encodes parameters as a model blob (f32, dense).
+pub fn encode_model(layout: &ModelLayout, params: &[f32]) -> Vec<u8> {
+    let mut offset = 0;
+    let tensors: Vec<NamedTensor> = layout
+        .tensors()
+        .iter()
+        .map(|t| {
+            let values = &params[offset..offset + t.len()];
+            offset += t.len();
+            NamedTensor::encode(t.name.clone(), &t.shape, values, UpdateEncoding::Dense(ValueEncoding::F32), 0)
+                .expect("layout-shaped values encode")
+        })
+        .collect();
+    encode_model_blob(&tensors)
+}
+
+/// Decodes a model blob into its layout and flat parameters.
+pub fn decode_model(blob: &[u8]) -> Result<(ModelLayout, Vec<f32>), fedfuse_protocol::DecodeError> {
+    let tensors = decode_model_blob(blob)?;
+    let mut params = Vec::new();
+    let specs = tensors
+        .into_iter()
+        .map(|(t, values)| {
+            params.extend_from_slice(&values);
+            TensorSpec {
+                name: t.name,
+                shape: t.shape,
+            }
+        })
+        .collect();
+    Ok((ModelLayout::new(specs), params))
+}
+
+impl AggregatorState {
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        let io = |source| StateError::Io {
+            path: dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(dir.join("models")).map_err(io)?;
+        let db = db!(Database::create(dir.join("state.redb")))?;
+        let w = db!(db.begin_write())?;
+        {
+            db!(w.open_table(META))?;
+            db!(w.open_table(ROUNDS))?;
+        }
+        db!(w.commit())?;
+        Ok(Self { dir: dir.to_owned(), db })
+    }
+
+    fn blob_path(&self, version: u64) -> PathBuf {
+        self.dir.join("models").join(format!("v{version:08}.bin"))
+    }
+
+    pub fn committed(&self) -> Result<Option<Committed>, StateError> {
+        let r = db!(self.db.begin_read())?;
+        let t = db!(r.open_table(META))?;
+        let Some(v) = db!(t.get("committed"))? else { return Ok(None) };
+        serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|e| StateError::Corrupt(e.to_string()))
+    }
+
+    /// Loads a committed model and checks its hash against the database.
+    pub fn load(&self, committed: &Committed) -> Result<ModelSnapshot, StateError> {
+        let path = self.blob_path(committed.version);
+        let blob = std::fs::read(&path).map_err(|source| StateError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let content_hash = fedfuse_protocol::content_hash(&blob);
+        if content_hash != committed.content_hash {
+            return Err(StateError::CorruptBlob {
+                path,
+                detail: "content hash differs from the committed one".into(),
+            });
+        }
+        let (layout, params) = decode_model(&blob).map_err(|e| StateError::CorruptBlob {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        Ok(ModelSnapshot {
+            version: committed.version,
+            blob,
+            content_hash,
+            layout,
+            params,
+        })
+    }
+
+    /// Makes a model durable and records it; `round_id` 0 records the starting model.
+    pub fn commit(
+        &self,
+        round_id: u64,
+        version: u64,
+        layout: &ModelLayout,
+        params: &[f32],
+        updates: usize,
+    ) -> Result<ModelSnapshot, StateError> {
+        let blob = encode_model(layout, params);
+        let content_hash = fedfuse_protocol::content_hash(&blob);
+        write_atomic(&self.blob_path(version), &blob, 0o644)?;
+        let committed = Committed {
+            version,
+            next_round: round_id + 1,
+            content_hash,
+        };
+        let record = RoundRecord {
+            round_id,
+            version,
+            updates,
+            content_hash,
+            unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        let w = db!(self.db.begin_write())?;
+        {
+            let mut meta = db!(w.open_table(META))?;
+            db!(meta.insert("committed", serde_json::to_vec(&committed).expect("serialises").as_slice()))?;
+            let mut rounds = db!(w.open_table(ROUNDS))?;
+            db!(rounds.insert(round_id, serde_json::to_vec(&record).expect("serialises").as_slice()))?;
+        }
+        db!(w.commit())?;
+        Ok(ModelSnapshot {
+            version,
+            blob,
+            content_hash,
+            layout: layout.clone(),
+            params: params.to_vec(),
+        })
+    }
+
+    pub fn rounds(&self) -> Result<Vec<RoundRecord>, StateError> {
+        let r = db!(self.db.begin_read())?;
+        let t = db!(r.open_table(ROUNDS))?;
+        let mut out = Vec::new();
+        for item in db!(t.iter())? {
+            let (_, v) = db!(item)?;
+            out.push(serde_json::from_slice(v.value()).map_err(|e| StateError::Corrupt(e.to_string()))?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> ModelLayout {
+        ModelLayout::new(vec![TensorSpec {
+            name: "w".into(),
+            shape: vec![3],
+        }])
+    }
+
+    #[test]
+    fn commits_survive_reopening_with_their_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = {
+            let s = AggregatorState::open(dir.path()).unwrap();
+            assert_eq!(s.committed().unwrap(), None);
+            s.commit(0, 0, &layout(), &[0.0; 3], 0).unwrap();
+            s.commit(1, 1, &layout(), &[1.0, 2.0, 3.0], 3).unwrap()
+        };
+        let s = AggregatorState::open(dir.path()).unwrap();
+        let c = s.committed().unwrap().unwrap();
+        assert_eq!((c.version, c.next_round, c.content_hash), (1, 2, a.content_hash));
+        let m = s.load(&c).unwrap();
+        assert_eq!(m.params, vec![1.0, 2.0, 3.0]);
+        assert_eq!(m.layout, layout());
+        assert_eq!(s.rounds().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_damaged_blob_is_refused_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = AggregatorState::open(dir.path()).unwrap();
+        s.commit(0, 0, &layout(), &[0.5; 3], 0).unwrap();
+        let path = dir.path().join("models/v00000000.bin");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        assert!(matches!(
+            s.load(&s.committed().unwrap().unwrap()),
+            Err(StateError::CorruptBlob { .. })
+        ));
+    }
+}
