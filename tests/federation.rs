@@ -362,3 +362,172 @@ async fn a_restarted_aggregator_continues_at_the_next_round_from_the_same_model(
     );
     assert_eq!(after.version, 3);
 }
+
+mod private {
+    //! Client-level DP on the wire: the ledger is durable before the update leaves, and a
+    //! store whose budget is spent leaves instead of training.
+
+    use fedfuse_client::privacy::{StorePrivacy, StorePrivacyPolicy};
+    use fedfuse_client::run_private_session;
+    use fedfuse_privacy::Budget;
+    use fedfuse_protocol::msgs::*;
+    use fedfuse_server::state::encode_model;
+
+    use super::*;
+
+    fn dp_plan() -> TrainingPlan {
+        TrainingPlan {
+            dp: Some(DpRequirement {
+                unit: PrivacyUnit::Store,
+                noise_mode: NoiseMode::Local,
+                min_noise_multiplier: 1.0,
+                max_clip_norm: 1.0,
+                max_sampling_rate: 1.0,
+                delta: 1e-5,
+            }),
+            ..options(policy(1, 1, 1)).plan
+        }
+    }
+
+    /// A hand-driven aggregator: welcome, offer one round, return the store's next message
+    /// along with the ledger as it stood when that message arrived.
+    async fn one_round(
+        epsilon_max: f64,
+    ) -> (
+        Message,
+        Vec<fedfuse_privacy::LedgerEntry>,
+        AgentReport,
+        std::path::PathBuf,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let platform = pki::init(&dir.path().join("pki"), &InitOptions::default()).unwrap();
+        let (identity, trust) = platform.aggregator_tls().unwrap();
+        let agg = AggregatorEndpoint::bind(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            identity,
+            &trust,
+            TransportTuning::default(),
+        )
+        .unwrap();
+        let addr = agg.local_addr().unwrap();
+        let bundle = platform.issue_store("berlin", 1).unwrap();
+        let ledger_path = dir.path().join("berlin.ledger.jsonl");
+        let blob = encode_model(&layout(), &[0.0; PARAMS]);
+        let aggregator = {
+            let ledger_path = ledger_path.clone();
+            async move {
+                let conn = agg.accept().await.unwrap().unwrap();
+                let Message::Hello(_) = conn.recv().await.unwrap() else {
+                    panic!("no hello")
+                };
+                conn.send(&Message::Welcome(Welcome {
+                    protocol_version: fedfuse_protocol::PROTOCOL_VERSION,
+                    store_id: conn.peer_id().into(),
+                    session_id: 1,
+                    capabilities: caps(),
+                    heartbeat_interval_ms: 1000,
+                }))
+                .await
+                .unwrap();
+                let model = ModelManifest {
+                    version: 0,
+                    content_hash: fedfuse_protocol::content_hash(&blob),
+                    total_bytes: blob.len() as u64,
+                    chunk_bytes: 1 << 16,
+                };
+                conn.send(&Message::RoundOffer(RoundOffer {
+                    round_id: 1,
+                    model: model.clone(),
+                    plan: dp_plan(),
+                    deadline_unix_ms: u64::MAX,
+                }))
+                .await
+                .unwrap();
+                conn.send_model(&model, &blob).await.unwrap();
+                let reply = conn.recv().await.unwrap();
+                // The moment the store's message arrives: what does its ledger hold?
+                let ledger = fedfuse_privacy::ledger::verify(&ledger_path).unwrap();
+                if matches!(reply, Message::UpdateUpload(_)) {
+                    conn.send(&Message::UpdateAccepted(UpdateAccepted {
+                        round_id: 1,
+                        updates_in_round: 1,
+                    }))
+                    .await
+                    .unwrap();
+                    conn.send(&Message::Bye(Bye { reason: "done".into() })).await.unwrap();
+                }
+                conn.close_gracefully("done", Duration::from_secs(2)).await;
+                (reply, ledger)
+            }
+        };
+        let store = {
+            let ledger_path = ledger_path.clone();
+            async move {
+                let (identity, trust) = bundle.tls().unwrap();
+                let endpoint = StoreEndpoint::new(Some(&identity), &trust, &TransportTuning::default()).unwrap();
+                let conn = endpoint.connect(addr, &bundle.aggregator_name).await.unwrap();
+                let policy = StorePrivacyPolicy {
+                    budget: Budget {
+                        epsilon_max,
+                        delta: 1e-5,
+                    },
+                    noise_multiplier: 0.5, // weaker than the round asks: the round's 1.0 wins
+                    clip_norm: 2.0,        // looser than the round allows: the round's 1.0 wins
+                    grid_exponent: -20,
+                };
+                let mut guard = StorePrivacy::open("berlin", policy, &ledger_path).unwrap();
+                let opts = AgentOptions {
+                    software_version: "test".into(),
+                    capabilities: caps(),
+                    max_model_bytes: 1 << 20,
+                    rounding_seed: 1,
+                };
+                let mut trainer = TowardTarget {
+                    target: target(3.0),
+                    examples: 1,
+                    poison: false,
+                };
+                run_private_session(&conn, &mut trainer, &opts, Some(&mut guard))
+                    .await
+                    .unwrap()
+            }
+        };
+        let ((reply, ledger), report) = tokio::join!(aggregator, store);
+        (reply, ledger, report, ledger_path, dir)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_ledger_entry_is_on_disk_before_the_update_is_sent() {
+        let (reply, ledger, report, _, _dir) = one_round(20.0).await;
+        let Message::UpdateUpload(upload) = reply else {
+            panic!("expected an update, got {reply:?}")
+        };
+        let spend = upload.privacy_spend.expect("a DP update carries its spend");
+        assert_eq!(ledger.len(), 1, "the entry was durable when the update arrived");
+        let entry = &ledger[0];
+        let hex: String = spend.ledger_entry_hash.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, entry.hash, "the upload names its ledger entry");
+        assert_eq!((entry.release.round, entry.release.clip_norm), (1, 1.0));
+        // Noise σ = 1.0 · C, charged against C plus the grid rounding: just under 1.
+        assert!(entry.release.noise_multiplier < 1.0 && entry.release.noise_multiplier > 0.999);
+        // The update's norm after clipping (≤ 1) plus noise of std 1 per coordinate is not the
+        // raw delta of norm 6: the store sent a privatised update.
+        let values = upload.tensors[0].to_f32(&[PARAMS as u32]).unwrap();
+        assert!(values.iter().any(|v| (v - 3.0).abs() > 1e-3));
+        assert_eq!(report.accepted, vec![1]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_over_budget_refuses_to_train_and_says_why() {
+        // One Gaussian release at z ≈ 1 costs ε ≈ 4.5 at δ = 1e-5: a budget of 1 cannot pay.
+        let (reply, ledger, report, _, _dir) = one_round(1.0).await;
+        let Message::Bye(bye) = reply else {
+            panic!("expected a goodbye, got {reply:?}")
+        };
+        assert!(bye.reason.contains("refuses to train"), "{}", bye.reason);
+        assert!(ledger.is_empty(), "nothing charged");
+        assert!(report.trained_rounds.is_empty());
+        assert_eq!(report.refused.as_deref(), Some(bye.reason.as_str()));
+    }
+}

@@ -6,6 +6,8 @@
 //! and records the aggregator's verdict. Training is behind a trait so the same session code
 //! serves the burn trainer, tests and benchmarks.
 
+pub mod privacy;
+
 use std::time::Duration;
 
 use fedfuse_protocol::msgs::{Bye, Capabilities, Hello, Metric, RejectionReason, TrainingPlan, UpdateUpload, decode_model_blob};
@@ -46,6 +48,8 @@ pub enum AgentError {
     BadModel(String),
     #[error("local training failed in round {round}: {detail}")]
     Training { round: u64, detail: String },
+    #[error("privacy: {0}")]
+    Privacy(#[from] privacy::PrivacyError),
 }
 
 /// How one session went.
@@ -58,6 +62,8 @@ pub struct AgentReport {
     pub last_model_version: Option<u64>,
     pub bytes_up: u64,
     pub bytes_down: u64,
+    /// Why the store stopped training, if its privacy budget ran out.
+    pub refused: Option<String>,
 }
 
 /// Options for a store session.
@@ -76,6 +82,18 @@ pub async fn run_session(
     conn: &PeerConnection,
     trainer: &mut dyn LocalTrainer,
     opts: &AgentOptions,
+) -> Result<AgentReport, AgentError> {
+    run_private_session(conn, trainer, opts, None).await
+}
+
+/// As [`run_session`], with client-level DP: every update is clipped, charged to the store's
+/// ledger and noised before it leaves; when the budget would be exceeded the store says why
+/// and leaves instead of training.
+pub async fn run_private_session(
+    conn: &PeerConnection,
+    trainer: &mut dyn LocalTrainer,
+    opts: &AgentOptions,
+    mut guard: Option<&mut privacy::StorePrivacy>,
 ) -> Result<AgentReport, AgentError> {
     conn.send(&Message::Hello(Hello::current(
         opts.software_version.clone(),
@@ -104,7 +122,21 @@ pub async fn run_session(
                 let tensors = decode_model_blob(&blob).map_err(|e| AgentError::BadModel(e.to_string()))?;
                 let shapes: Vec<TensorShape> = tensors.iter().map(|(t, _)| (t.name.clone(), t.shape.clone())).collect();
                 let params: Vec<f32> = tensors.into_iter().flat_map(|(_, v)| v).collect();
-                let update = trainer
+                if let Some(guard) = guard.as_deref() {
+                    match guard.check(offer.round_id, &offer.plan, params.len()) {
+                        Ok(()) => {}
+                        Err(privacy::PrivacyError::Ledger(e @ fedfuse_privacy::LedgerError::BudgetExceeded { .. })) => {
+                            let reason = e.to_string();
+                            tracing::warn!(%reason, "privacy budget spent");
+                            let _ = conn.send(&Message::Bye(Bye { reason: reason.clone() })).await;
+                            conn.close_gracefully("budget spent", Duration::from_secs(1)).await;
+                            report.refused = Some(reason);
+                            return Ok(report);
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                let mut update = trainer
                     .train(offer.round_id, &shapes, &params, &offer.plan)
                     .map_err(|detail| AgentError::Training {
                         round: offer.round_id,
@@ -112,7 +144,12 @@ pub async fn run_session(
                     })?;
                 report.trained_rounds.push(offer.round_id);
                 report.last_model_version = Some(offer.model.version);
-                let upload = encode_update(&offer, &shapes, update, opts.rounding_seed)?;
+                let spend = match guard.as_deref_mut() {
+                    Some(guard) => Some(guard.privatize(offer.round_id, &offer.plan, &mut update.delta)?),
+                    None => None,
+                };
+                let mut upload = encode_update(&offer, &shapes, update, opts.rounding_seed)?;
+                upload.privacy_spend = spend;
                 let frame = Message::UpdateUpload(upload).encode().map_err(TransportError::from)?;
                 report.bytes_up += frame.len() as u64;
                 conn.send_frame(&frame).await?;

@@ -1,0 +1,111 @@
+//! The store's privacy guard for client-level DP-FedAvg with local noise.
+//!
+//! Order matters and is fixed here: check the budget, clip, *charge the ledger and fsync it*,
+//! and only then add noise and let the update go. The noise and clip actually used are the
+//! stronger of the store's own policy and the round's requirement; the noise multiplier
+//! charged accounts for rounding to the noise grid. A store whose next release would pass its
+//! budget refuses to train, and says why.
+
+use std::path::Path;
+
+use fedfuse_privacy::fedavg::clip_update;
+use fedfuse_privacy::ledger::{Mechanism, NoiseMode, PrivacyUnit};
+use fedfuse_privacy::noise::GridGaussian;
+use fedfuse_privacy::{Budget, LedgerError, PrivacyLedger, Release};
+use fedfuse_protocol::msgs::{PrivacySpend, TrainingPlan};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrivacyError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("noise: {0}")]
+    Noise(#[from] fedfuse_privacy::noise::NoiseError),
+    #[error("the round asks for DP on {0:?}, this store applies client-level DP only")]
+    UnsupportedUnit(fedfuse_protocol::msgs::PrivacyUnit),
+}
+
+/// The store's own DP policy: never weaker than this, whatever a round asks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorePrivacyPolicy {
+    pub budget: Budget,
+    pub noise_multiplier: f64,
+    pub clip_norm: f64,
+    /// Noise grid 2^k.
+    pub grid_exponent: i32,
+}
+
+pub struct StorePrivacy {
+    store: String,
+    policy: StorePrivacyPolicy,
+    ledger: PrivacyLedger,
+}
+
+impl StorePrivacy {
+    pub fn open(store: impl Into<String>, policy: StorePrivacyPolicy, ledger_path: &Path) -> Result<Self, PrivacyError> {
+        Ok(Self {
+            store: store.into(),
+            policy,
+            ledger: PrivacyLedger::open(ledger_path)?,
+        })
+    }
+
+    pub fn ledger(&self) -> &PrivacyLedger {
+        &self.ledger
+    }
+
+    /// The release this round would make: its parameters and the noise that realises them.
+    fn release(&self, round: u64, plan: &TrainingPlan, dims: usize) -> Result<(Release, GridGaussian), PrivacyError> {
+        let (mut z, mut clip) = (self.policy.noise_multiplier, self.policy.clip_norm);
+        if let Some(dp) = &plan.dp {
+            if dp.unit != fedfuse_protocol::msgs::PrivacyUnit::Store {
+                return Err(PrivacyError::UnsupportedUnit(dp.unit));
+            }
+            z = z.max(dp.min_noise_multiplier);
+            clip = clip.min(dp.max_clip_norm);
+        }
+        let noise = GridGaussian::new(z * clip, self.policy.grid_exponent)?;
+        let release = Release {
+            store: self.store.clone(),
+            round,
+            unit: PrivacyUnit::Store,
+            mechanism: Mechanism::DpFedAvg,
+            noise_mode: NoiseMode::Local,
+            // Charged against the sensitivity after rounding to the grid.
+            noise_multiplier: noise.noise_multiplier(clip, dims),
+            // Every round the store takes part in counts in full: no amplification claimed.
+            sampling_probability: 1.0,
+            steps: 1,
+            clip_norm: clip,
+        };
+        Ok((release, noise))
+    }
+
+    /// Refuses early (before training) if this round would pass the budget.
+    pub fn check(&self, round: u64, plan: &TrainingPlan, dims: usize) -> Result<(), PrivacyError> {
+        let (release, _) = self.release(round, plan, dims)?;
+        self.ledger.preview(&release, &self.policy.budget)?;
+        Ok(())
+    }
+
+    /// Clips `delta`, charges the ledger (durably), then noises `delta` in place.
+    pub fn privatize(&mut self, round: u64, plan: &TrainingPlan, delta: &mut [f32]) -> Result<PrivacySpend, PrivacyError> {
+        let (release, noise) = self.release(round, plan, delta.len())?;
+        self.ledger.preview(&release, &self.policy.budget)?;
+        clip_update(delta, release.clip_norm)?;
+        let entry = self.ledger.charge(release, &self.policy.budget)?;
+        noise.add(delta)?;
+        let mut ledger_entry_hash = [0u8; 32];
+        for (i, byte) in ledger_entry_hash.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&entry.hash[2 * i..2 * i + 2], 16).unwrap_or(0);
+        }
+        Ok(PrivacySpend {
+            noise_multiplier: entry.release.noise_multiplier,
+            sampling_rate: entry.release.sampling_probability,
+            steps: entry.release.steps as u32,
+            clip_norm: entry.release.clip_norm,
+            delta: entry.delta,
+            epsilon_total: entry.spent_after.claimed(),
+            ledger_entry_hash,
+        })
+    }
+}
