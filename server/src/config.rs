@@ -42,11 +42,27 @@ impl Default for PkiSection {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateSection {
+    /// Directory of the state database and model blobs; relative to the config file.
+    pub dir: PathBuf,
+}
+
+impl Default for StateSection {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("state"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     pub server: ServerSection,
     pub pki: PkiSection,
+    pub state: StateSection,
     pub transport: TransportTuning,
     pub round: RoundPolicy,
 }
@@ -69,8 +85,12 @@ impl ServerConfig {
             path: path.to_owned(),
             source: Box::new(source),
         })?;
+        let base = path.parent().unwrap_or(Path::new("."));
         if config.pki.dir.is_relative() {
-            config.pki.dir = path.parent().unwrap_or(Path::new(".")).join(&config.pki.dir);
+            config.pki.dir = base.join(&config.pki.dir);
+        }
+        if config.state.dir.is_relative() {
+            config.state.dir = base.join(&config.state.dir);
         }
         Ok(config)
     }
@@ -94,6 +114,11 @@ name = "{name}"
 [pki]
 # Directory with ca.pem, aggregator.pem/.key and crl.pem; relative to this file.
 dir = "{dir}"
+
+[state]
+# The aggregator's database (rounds, stores, model versions) and model blobs; relative to this
+# file. A restarted aggregator resumes from the last round committed here.
+dir = "{state}"
 
 [transport]
 # Per-stream and per-connection receive windows in bytes. Large windows let one connection
@@ -145,6 +170,7 @@ fine_tune = {fine_tune}
             listen = self.server.listen,
             name = self.server.name,
             dir = self.pki.dir.display(),
+            state = self.state.dir.display(),
             sw = t.stream_window,
             cw = t.connection_window,
             snd = t.send_window,

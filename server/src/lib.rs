@@ -5,6 +5,7 @@
 //! - [`layout`], [`validate`]: the global model's tensors, and the checks an update must pass.
 //! - [`aggregate`]: streaming aggregation rules and server optimisers.
 //! - [`service`]: the async driver: QUIC sessions in, coordinator actions out, commits persisted.
+//! - [`safetensors`]: model import and export for PyTorch users.
 //! - [`state`]: the embedded database and model blobs, for crash-safe resumption.
 //! - [`round`]: the [`round::RoundCoordinator`] state machine: events in, actions out, no I/O.
 
@@ -13,6 +14,7 @@ pub mod config;
 pub mod layout;
 pub mod pki;
 pub mod round;
+pub mod safetensors;
 pub mod service;
 pub mod state;
 pub mod validate;

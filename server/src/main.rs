@@ -2,9 +2,16 @@
 
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use fedfuse_protocol::msgs::{Capabilities, LocalWork, TrainingPlan};
+use fedfuse_protocol::tensor::{UpdateEncoding, ValueEncoding};
+use fedfuse_server::config::ServerConfig;
 use fedfuse_server::pki::{self, InitOptions, PlatformDir};
+use fedfuse_server::service::{ServiceOptions, run_aggregator};
+use fedfuse_server::state::AggregatorState;
 
 /// The fedfuse aggregator and the platform's certificate tooling.
 ///
@@ -66,6 +73,44 @@ enum Command {
         #[arg(long)]
         store: String,
     },
+    /// Run the aggregator: accept stores, run rounds as [round] in the config says, commit each
+    /// new model to the state directory. Resumes from the last committed round after a restart.
+    ///
+    /// Example: fedfuse-server run --config platform/config.toml --init-model pretrained.safetensors
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// Starting model for a new federation (F32 safetensors); ignored when resuming.
+        #[arg(long)]
+        init_model: Option<PathBuf>,
+    },
+    /// Show the federation's state: the current model, every committed round, every store with
+    /// its accepted updates and reported ε.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Write the current global model in a format other tools read.
+    ///
+    /// Example: fedfuse-server export --config platform/config.toml --format safetensors --out model.safetensors
+    Export {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Safetensors)]
+        format: ExportFormat,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    /// Hugging Face safetensors, F32, readable from PyTorch.
+    Safetensors,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn main() -> anyhow::Result<()> {
@@ -107,6 +152,102 @@ fn main() -> anyhow::Result<()> {
         Command::RevokeStore { dir, store } => {
             PlatformDir::open(&dir)?.revoke_store(&store)?;
             println!("revoked store {store:?}; {} updated", dir.join(pki::CRL).display());
+        }
+        Command::Run { config, init_model } => {
+            let config = ServerConfig::load(&config)?;
+            let initial = init_model
+                .map(|p| fedfuse_server::safetensors::read(&p).with_context(|| format!("reading {}", p.display())))
+                .transpose()?;
+            let platform = PlatformDir::open(&config.pki.dir)?;
+            let (identity, trust) = platform.aggregator_tls()?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            let report = runtime.block_on(async {
+                let endpoint = Arc::new(fedfuse_transport::AggregatorEndpoint::bind(
+                    config.server.listen,
+                    identity,
+                    &trust,
+                    config.transport.clone(),
+                )?);
+                println!("aggregator listening on {} as {}", endpoint.local_addr()?, config.server.name);
+                let state = AggregatorState::open(&config.state.dir)?;
+                let (stop, stopped) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    if tokio::signal::ctrl_c().await.is_ok() {
+                        let _ = stop.send(true);
+                    }
+                });
+                let opts = ServiceOptions {
+                    policy: config.round.clone(),
+                    plan: TrainingPlan {
+                        work: LocalWork::Epochs(1),
+                        learning_rate: 0.01,
+                        batch_size: 256,
+                        proximal_mu: None,
+                        update_encoding: UpdateEncoding::Dense(ValueEncoding::F32),
+                        dp: None,
+                    },
+                    capabilities: Capabilities {
+                        update_encodings: UpdateEncoding::ALL.to_vec(),
+                        max_message_bytes: 1 << 30,
+                    },
+                    chunk_bytes: 4 << 20,
+                    tick: std::time::Duration::from_millis(100),
+                };
+                anyhow::Ok(run_aggregator(endpoint, state, initial, opts, stopped).await?)
+            })?;
+            println!("stopped at model version {} ({})", report.version, hex(&report.content_hash));
+        }
+        Command::Status { config } => {
+            let config = ServerConfig::load(&config)?;
+            let state = AggregatorState::open(&config.state.dir)?;
+            match state.committed()? {
+                None => println!("no model committed yet in {}", config.state.dir.display()),
+                Some(c) => println!(
+                    "model version {}  hash {}  next round {}",
+                    c.version,
+                    hex(&c.content_hash),
+                    c.next_round
+                ),
+            }
+            println!("\n{:>6} {:>8} {:>8}  hash", "round", "version", "updates");
+            for r in state.rounds()? {
+                println!(
+                    "{:>6} {:>8} {:>8}  {}",
+                    r.round_id,
+                    r.version,
+                    r.updates,
+                    &hex(&r.content_hash)[..16]
+                );
+            }
+            println!(
+                "\n{:<20} {:>8} {:>10} {:>10} {:>8}",
+                "store", "updates", "last round", "epsilon", "delta"
+            );
+            for (name, s) in state.stores()? {
+                let eps = s.epsilon_total.map_or("-".into(), |e| format!("{e:.4}"));
+                let delta = s.delta.map_or("-".into(), |d| format!("{d:.0e}"));
+                println!(
+                    "{name:<20} {:>8} {:>10} {eps:>10} {delta:>8}",
+                    s.accepted_updates, s.last_round
+                );
+            }
+        }
+        Command::Export {
+            config,
+            format: ExportFormat::Safetensors,
+            out,
+        } => {
+            let config = ServerConfig::load(&config)?;
+            let state = AggregatorState::open(&config.state.dir)?;
+            let committed = state.committed()?.context("no model committed yet")?;
+            let model = state.load(&committed)?;
+            let metadata = std::collections::BTreeMap::from([
+                ("format".to_string(), "pt".to_string()),
+                ("fedfuse_version".to_string(), committed.version.to_string()),
+                ("fedfuse_blake3".to_string(), hex(&committed.content_hash)),
+            ]);
+            fedfuse_server::safetensors::write(&out, &model.layout, &model.params, &metadata)?;
+            println!("model version {} written to {}", committed.version, out.display());
         }
     }
     Ok(())

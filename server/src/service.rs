@@ -127,6 +127,8 @@ pub async fn run_aggregator(
         failed_rounds: Vec::new(),
     };
     let mut sessions: HashMap<StoreId, mpsc::UnboundedSender<Outbound>> = HashMap::new();
+    // Spends reported with updates, recorded once the coordinator accepts them.
+    let mut spends: HashMap<(StoreId, u64), fedfuse_protocol::msgs::PrivacySpend> = HashMap::new();
     let mut blob = Arc::new(std::mem::take(&mut snapshot.blob));
     let mut ticker = tokio::time::interval(opts.tick);
     let mut finished = false;
@@ -160,6 +162,7 @@ pub async fn run_aggregator(
                     round_id,
                     updates_in_round,
                 } => {
+                    state.record_update(&store, round_id, spends.remove(&(store.clone(), round_id)).as_ref())?;
                     if let Some(tx) = sessions.get(&store) {
                         let _ = tx.send(Outbound::Message(Message::UpdateAccepted(UpdateAccepted {
                             round_id,
@@ -206,6 +209,11 @@ pub async fn run_aggregator(
                 Some(Inbound::Event(event)) => {
                     if let Event::Gone { store } = &event {
                         sessions.remove(store);
+                    }
+                    if let Event::Update { store, upload } = &event
+                        && let Some(spend) = &upload.privacy_spend
+                    {
+                        spends.insert((store.clone(), upload.round_id), spend.clone());
                     }
                     pending = coordinator.handle(event);
                 }

@@ -18,6 +18,7 @@ use crate::pki::write_atomic;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const ROUNDS: TableDefinition<u64, &[u8]> = TableDefinition::new("rounds");
+const STORES: TableDefinition<&str, &[u8]> = TableDefinition::new("stores");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -48,6 +49,17 @@ pub struct Committed {
 }
 
 /// What the database remembers of a round.
+/// What the aggregator knows of a store: its accepted updates and, for DP stores, the spend
+/// it reported (the aggregator's mirror of the store's ledger head).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoreRecord {
+    pub accepted_updates: u64,
+    pub last_round: u64,
+    pub epsilon_total: Option<f64>,
+    pub delta: Option<f64>,
+    pub ledger_head: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoundRecord {
     pub round_id: u64,
@@ -116,6 +128,7 @@ impl AggregatorState {
         {
             db!(w.open_table(META))?;
             db!(w.open_table(ROUNDS))?;
+            db!(w.open_table(STORES))?;
         }
         db!(w.commit())?;
         Ok(Self { dir: dir.to_owned(), db })
@@ -202,6 +215,47 @@ impl AggregatorState {
             layout: layout.clone(),
             params: params.to_vec(),
         })
+    }
+
+    /// Records an accepted update and the privacy spend it reported.
+    pub fn record_update(
+        &self,
+        store: &str,
+        round_id: u64,
+        spend: Option<&fedfuse_protocol::msgs::PrivacySpend>,
+    ) -> Result<(), StateError> {
+        let w = db!(self.db.begin_write())?;
+        {
+            let mut t = db!(w.open_table(STORES))?;
+            let mut record: StoreRecord = match db!(t.get(store))? {
+                Some(v) => serde_json::from_slice(v.value()).map_err(|e| StateError::Corrupt(e.to_string()))?,
+                None => StoreRecord::default(),
+            };
+            record.accepted_updates += 1;
+            record.last_round = round_id;
+            if let Some(s) = spend {
+                record.epsilon_total = Some(s.epsilon_total);
+                record.delta = Some(s.delta);
+                record.ledger_head = Some(s.ledger_entry_hash.iter().map(|b| format!("{b:02x}")).collect());
+            }
+            db!(t.insert(store, serde_json::to_vec(&record).expect("serialises").as_slice()))?;
+        }
+        db!(w.commit())?;
+        Ok(())
+    }
+
+    pub fn stores(&self) -> Result<Vec<(String, StoreRecord)>, StateError> {
+        let r = db!(self.db.begin_read())?;
+        let t = db!(r.open_table(STORES))?;
+        let mut out = Vec::new();
+        for item in db!(t.iter())? {
+            let (k, v) = db!(item)?;
+            out.push((
+                k.value().to_owned(),
+                serde_json::from_slice(v.value()).map_err(|e| StateError::Corrupt(e.to_string()))?,
+            ));
+        }
+        Ok(out)
     }
 
     pub fn rounds(&self) -> Result<Vec<RoundRecord>, StateError> {

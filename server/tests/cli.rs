@@ -89,3 +89,120 @@ fn help_teaches_the_workflow() {
         assert!(text.contains(word), "--help lacks {word}: {text}");
     }
 }
+
+mod federation {
+    //! `fedfuse-server run`, `status` and `export` as a platform operator runs them, with two
+    //! store agents joining over QUIC.
+
+    use std::io::{BufRead, BufReader};
+    use std::net::SocketAddr;
+    use std::process::Stdio;
+
+    use fedfuse_client::{AgentOptions, LocalTrainer, LocalUpdate, TensorShape, run_session};
+    use fedfuse_protocol::msgs::{Capabilities, TrainingPlan};
+    use fedfuse_protocol::tensor::UpdateEncoding;
+    use fedfuse_server::layout::{ModelLayout, TensorSpec};
+    use fedfuse_transport::{StoreEndpoint, TransportTuning};
+
+    use super::*;
+
+    struct Toward(f32);
+
+    impl LocalTrainer for Toward {
+        fn train(&mut self, _: u64, _: &[TensorShape], params: &[f32], _: &TrainingPlan) -> Result<LocalUpdate, String> {
+            Ok(LocalUpdate {
+                delta: params.iter().map(|p| self.0 - p).collect(),
+                example_count: 1,
+                metrics: vec![],
+            })
+        }
+    }
+
+    #[test]
+    fn run_then_status_then_export() {
+        let dir = tempfile::tempdir().unwrap();
+        let platform = dir.path().join("platform");
+        let p = platform.to_str().unwrap();
+        assert!(server(&["init", "--dir", p]).status.success());
+        // One round with two stores, on an OS-chosen port.
+        let config = std::fs::read_to_string(platform.join(pki::CONFIG)).unwrap();
+        let config = config
+            .replace("listen = \"127.0.0.1:7450\"", "listen = \"127.0.0.1:0\"")
+            .replace("rounds = 0", "rounds = 1");
+        std::fs::write(platform.join(pki::CONFIG), config).unwrap();
+        let init = dir.path().join("init.safetensors");
+        let layout = ModelLayout::new(vec![TensorSpec {
+            name: "w".into(),
+            shape: vec![2, 2],
+        }]);
+        fedfuse_server::safetensors::write(&init, &layout, &[0.0; 4], &Default::default()).unwrap();
+        let config_path = platform.join(pki::CONFIG);
+        let cfg = config_path.to_str().unwrap();
+
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fedfuse-server"))
+            .args(["run", "--config", cfg, "--init-model", init.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let addr: SocketAddr = first.split_whitespace().nth(3).unwrap().parse().unwrap();
+
+        let bundles: Vec<_> = ["north", "south"]
+            .iter()
+            .map(|s| pki::PlatformDir::open(&platform).unwrap().issue_store(s, 1).unwrap())
+            .collect();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let reports = runtime.block_on(async {
+            let tasks: Vec<_> = bundles
+                .into_iter()
+                .zip([2.0f32, 4.0])
+                .map(|(bundle, target)| {
+                    tokio::spawn(async move {
+                        let (identity, trust) = bundle.tls().unwrap();
+                        let endpoint = StoreEndpoint::new(Some(&identity), &trust, &TransportTuning::default()).unwrap();
+                        let conn = endpoint.connect(addr, &bundle.aggregator_name).await.unwrap();
+                        let opts = AgentOptions {
+                            software_version: "test".into(),
+                            capabilities: Capabilities {
+                                update_encodings: UpdateEncoding::ALL.to_vec(),
+                                max_message_bytes: 1 << 30,
+                            },
+                            max_model_bytes: 1 << 20,
+                            rounding_seed: 0,
+                        };
+                        run_session(&conn, &mut Toward(target), &opts).await.unwrap()
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        });
+        assert!(reports.iter().all(|r| r.accepted == vec![1]), "{reports:?}");
+        assert!(child.wait().unwrap().success(), "the aggregator exits after its rounds");
+
+        let status = server(&["status", "--config", cfg]);
+        let text = String::from_utf8_lossy(&status.stdout);
+        assert!(text.contains("model version 1"), "{text}");
+        assert!(text.contains("north") && text.contains("south"), "{text}");
+
+        let out = dir.path().join("global.safetensors");
+        let export = server(&[
+            "export",
+            "--config",
+            cfg,
+            "--format",
+            "safetensors",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+        let (l, params) = fedfuse_server::safetensors::read(&out).unwrap();
+        assert_eq!(l, layout);
+        assert_eq!(params, vec![3.0; 4], "the mean of the two stores' targets");
+    }
+}
