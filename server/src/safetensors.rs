@@ -58,7 +58,7 @@ pub fn write(
     }
     let mut json = serde_json::to_vec(&header).expect("a header serialises");
     // Pad with spaces so the data starts 8-byte aligned, as the reference writer does.
-    while (8 + json.len()) % 8 != 0 {
+    while !(8 + json.len()).is_multiple_of(8) {
         json.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + json.len() + params.len() * 4);
