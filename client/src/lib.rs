@@ -136,8 +136,9 @@ pub async fn run_private_session(
                         Err(e) => return Err(e.into()),
                     }
                 }
-                let mut update = trainer
-                    .train(offer.round_id, &shapes, &params, &offer.plan)
+                // Training is long CPU or GPU work: keep it off the async workers' hands so the
+                // connection's keep-alives and acknowledgements continue meanwhile.
+                let mut update = tokio::task::block_in_place(|| trainer.train(offer.round_id, &shapes, &params, &offer.plan))
                     .map_err(|detail| AgentError::Training {
                         round: offer.round_id,
                         detail,
