@@ -4,6 +4,9 @@
 //!
 //! Run: `cargo bench --bench wire` (release settings; about a minute on 2 cores).
 
+#[path = "../bench/benchmarks_md.rs"]
+mod benchmarks_md;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -176,21 +179,6 @@ async fn tcp_upload(frame: &[u8]) -> (f64, f64) {
     (transfer, e2e)
 }
 
-fn write_section(table: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
-    let (begin, end) = ("<!-- wire:begin -->", "<!-- wire:end -->");
-    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-        "# Benchmarks\n\nEach section is written by the benchmark named in it; rerun it to refresh.\n".into()
-    });
-    let section = format!("{begin}\n{table}{end}");
-    let new = match (old.find(begin), old.find(end)) {
-        (Some(b), Some(e)) if b < e => format!("{}{section}{}", &old[..b], &old[e + end.len()..]),
-        _ => format!("{}\n{section}\n", old.trim_end()),
-    };
-    std::fs::write(&path, new).unwrap();
-    println!("wrote {}", path.display());
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks for a list; this benchmark has no test cases.
@@ -282,5 +270,5 @@ fn main() {
         table.push_str(&format!("| {} | {} | {} |\n", r.what, r.value, r.note));
     }
     println!("{table}");
-    write_section(&table);
+    benchmarks_md::write_section(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), "wire", &table);
 }

@@ -14,10 +14,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use burn::tensor::Device;
 use clap::Parser;
 use fedfuse_client::{AgentOptions, LocalTrainer, LocalUpdate, TensorShape, run_session};
+use fedfuse_data::source::DataSource;
 use fedfuse_data::split::{Split, SplitConfig};
 use fedfuse_data::synthetic::SyntheticConfig;
 use fedfuse_model::catalog::{ItemFeatures, Vocabulary};
@@ -44,7 +45,7 @@ use serde_json::json;
 struct Cli {
     /// `synthetic` (built in) or `movielens:PATH` (stores by ZIP first digit).
     #[arg(long, default_value = "synthetic")]
-    data: String,
+    data: DataSource,
     /// Federated rounds.
     #[arg(long, default_value_t = 3)]
     rounds: u64,
@@ -140,17 +141,14 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let started = Instant::now();
-    let dataset = match cli.data.split_once(':') {
-        Some(("movielens", path)) => fedfuse_data::movielens::load(std::path::Path::new(path))?,
-        None if cli.data == "synthetic" => fedfuse_data::synthetic::generate(&SyntheticConfig {
-            seed: cli.seed,
-            shoppers: cli.shoppers,
-            items: (cli.shoppers / 4).max(200),
-            events: u64::from(cli.shoppers) * 25,
-            ..SyntheticConfig::default()
-        })?,
-        _ => bail!("--data must be `synthetic` or `movielens:PATH`"),
+    let synthetic = SyntheticConfig {
+        seed: cli.seed,
+        shoppers: cli.shoppers,
+        items: (cli.shoppers / 4).max(200),
+        events: u64::from(cli.shoppers) * 25,
+        ..SyntheticConfig::default()
     };
+    let dataset = cli.data.load(&synthetic).with_context(|| format!("loading {}", cli.data))?;
     let split = Split::new(
         &dataset,
         &SplitConfig {

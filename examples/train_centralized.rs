@@ -9,8 +9,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
+use fedfuse_data::source::DataSource;
 use fedfuse_data::split::{Split, SplitConfig};
 use fedfuse_model::catalog::ItemFeatures;
 use fedfuse_model::device::{self, DeviceChoice};
@@ -27,7 +28,7 @@ use serde_json::json;
 struct Cli {
     /// `synthetic` (the built-in generator) or `movielens:PATH` (a MovieLens-100K folder).
     #[arg(long, default_value = "synthetic")]
-    data: String,
+    data: DataSource,
     /// Write the results as JSON here.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -55,13 +56,10 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber_init();
     let cli = Cli::parse();
     let started = Instant::now();
-    let dataset = match cli.data.split_once(':') {
-        Some(("movielens", path)) => {
-            fedfuse_data::movielens::load(std::path::Path::new(path)).with_context(|| format!("loading MovieLens from {path}"))?
-        }
-        None if cli.data == "synthetic" => fedfuse_data::synthetic::generate(&Default::default())?,
-        _ => bail!("--data must be `synthetic` or `movielens:PATH`"),
-    };
+    let dataset = cli
+        .data
+        .load(&Default::default())
+        .with_context(|| format!("loading {}", cli.data))?;
     eprintln!("{}", dataset.quality_report());
     let split = Split::new(
         &dataset,
@@ -138,7 +136,7 @@ fn main() -> anyhow::Result<()> {
     let e = evaluate(&model, &eval_catalog, &split, Holdout::Test, cli.max_len, 128, 10);
     let m = |r: &fedfuse_data::metrics::MetricsReport| json!({"hr10": r.overall.mean.hit_rate, "ndcg10": r.overall.mean.ndcg, "cases": r.overall.cases});
     let report = json!({
-        "data": cli.data,
+        "data": cli.data.to_string(),
         "branches": cli.branches,
         "hr10_full": e.full.overall.mean.hit_rate,
         "ndcg10_full": e.full.overall.mean.ndcg,

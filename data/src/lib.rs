@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod movielens;
 pub mod partition;
 pub mod quality;
+pub mod source;
 pub mod split;
 pub mod synthetic;
 

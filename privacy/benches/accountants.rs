@@ -6,6 +6,9 @@
 //! Pass criteria (from the issue): RDP within 0.5%, PLD within 2%, and never lower than the
 //! reference by more than 0.1%.
 
+#[path = "../../bench/benchmarks_md.rs"]
+mod benchmarks_md;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -186,15 +189,7 @@ fn main() {
         ));
     }
     println!("{section}");
-    let path = root().join("BENCHMARKS.md");
-    let (begin, end) = ("<!-- accountants:begin -->", "<!-- accountants:end -->");
-    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let block = format!("{begin}\n{section}{end}");
-    let new = match (old.find(begin), old.find(end)) {
-        (Some(b), Some(e)) if b < e => format!("{}{block}{}", &old[..b], &old[e + end.len()..]),
-        _ => format!("{}\n\n{block}\n", old.trim_end()),
-    };
-    std::fs::write(&path, new).unwrap();
+    benchmarks_md::write_section(&root(), "accountants", &section);
     if failures > 0 {
         eprintln!("{failures} cells outside tolerance");
         std::process::exit(1);

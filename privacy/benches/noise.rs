@@ -4,6 +4,9 @@
 //! never be used for a release). Prints a table and writes it into BENCHMARKS.md.
 //! Run: `cargo bench -p fedfuse-privacy --bench noise`.
 
+#[path = "../../bench/benchmarks_md.rs"]
+mod benchmarks_md;
+
 use std::time::Instant;
 
 use fedfuse_privacy::noise::{DEFAULT_GRID_EXPONENT, DiscreteGaussian, GridGaussian};
@@ -109,16 +112,9 @@ fn main() {
         table.push_str(&format!("| {a} | {b} | {c} |\n"));
     }
     println!("{table}");
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .join("BENCHMARKS.md");
-    let (begin, end) = ("<!-- noise:begin -->", "<!-- noise:end -->");
-    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let block = format!("{begin}\n{table}{end}");
-    let new = match (old.find(begin), old.find(end)) {
-        (Some(b), Some(e)) if b < e => format!("{}{block}{}", &old[..b], &old[e + end.len()..]),
-        _ => format!("{}\n\n{block}\n", old.trim_end()),
-    };
-    std::fs::write(&path, new).unwrap();
+    benchmarks_md::write_section(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap(),
+        "noise",
+        &table,
+    );
 }

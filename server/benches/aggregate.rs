@@ -3,6 +3,9 @@
 //! process so each peak RSS is its own; plus the disk-spilled coordinate median. Prints a table
 //! and writes it into BENCHMARKS.md. Run: `cargo bench -p fedfuse-server --bench aggregate`.
 
+#[path = "../../bench/benchmarks_md.rs"]
+mod benchmarks_md;
+
 use std::process::Command;
 use std::time::Instant;
 
@@ -126,16 +129,9 @@ fn main() {
         table.push('\n');
     }
     println!("{table}");
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .join("BENCHMARKS.md");
-    let (begin, end) = ("<!-- aggregate:begin -->", "<!-- aggregate:end -->");
-    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let block = format!("{begin}\n{table}{end}");
-    let new = match (old.find(begin), old.find(end)) {
-        (Some(b), Some(e)) if b < e => format!("{}{block}{}", &old[..b], &old[e + end.len()..]),
-        _ => format!("{}\n\n{block}\n", old.trim_end()),
-    };
-    std::fs::write(&path, new).unwrap();
+    benchmarks_md::write_section(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap(),
+        "aggregate",
+        &table,
+    );
 }
