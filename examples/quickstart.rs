@@ -26,7 +26,7 @@ use fedfuse_model::device::{self, DeviceChoice};
 use fedfuse_model::evaluate::{Holdout, evaluate};
 use fedfuse_model::fused::FusedConfig;
 use fedfuse_model::item_tower::ItemTowerConfig;
-use fedfuse_model::params::{NamedParam, export, import};
+use fedfuse_model::params::{export, import, unflatten};
 use fedfuse_model::sequence::SequenceEncoderConfig;
 use fedfuse_model::train::{TrainConfig, train};
 use fedfuse_protocol::msgs::{Capabilities, LocalWork, Metric, TrainingPlan};
@@ -85,21 +85,11 @@ impl LocalTrainer for FusedTrainer {
     fn train(&mut self, round: u64, shapes: &[TensorShape], params: &[f32], plan: &TrainingPlan) -> Result<LocalUpdate, String> {
         let device = self.device.clone().autodiff();
         let catalog = self.features.to_tensors(self.vocabulary, &device);
-        let mut offset = 0;
-        let named: Vec<NamedParam> = shapes
+        let shapes: Vec<(String, Vec<usize>)> = shapes
             .iter()
-            .map(|(name, shape)| {
-                let shape: Vec<usize> = shape.iter().map(|d| *d as usize).collect();
-                let len = shape.iter().product::<usize>();
-                let values = params[offset..offset + len].to_vec();
-                offset += len;
-                NamedParam {
-                    name: name.clone(),
-                    shape,
-                    values,
-                }
-            })
+            .map(|(n, s)| (n.clone(), s.iter().map(|d| *d as usize).collect()))
             .collect();
+        let named = unflatten(&shapes, params).map_err(|e| e.to_string())?;
         let model = import(self.config.init(&device), &named).map_err(|e| e.to_string())?;
         let config = TrainConfig {
             epochs: match plan.work {
@@ -313,24 +303,13 @@ fn main() -> anyhow::Result<()> {
             next_round: r.round_id + 1,
             content_hash: r.content_hash,
         })?;
-        let named: Vec<NamedParam> = {
-            let mut offset = 0;
-            snapshot
-                .layout
-                .tensors()
-                .iter()
-                .map(|t| {
-                    let len = t.len();
-                    let values = snapshot.params[offset..offset + len].to_vec();
-                    offset += len;
-                    NamedParam {
-                        name: t.name.clone(),
-                        shape: t.shape.iter().map(|d| *d as usize).collect(),
-                        values,
-                    }
-                })
-                .collect()
-        };
+        let shapes: Vec<(String, Vec<usize>)> = snapshot
+            .layout
+            .tensors()
+            .iter()
+            .map(|t| (t.name.clone(), t.shape.iter().map(|d| *d as usize).collect()))
+            .collect();
+        let named = unflatten(&shapes, &snapshot.params)?;
         let model = import(config.init(&base), &named)?;
         let e = evaluate(&model, &eval_catalog, &split, Holdout::Test, cli.max_len, 256, 10);
         let round_losses: Vec<f64> = losses.iter().filter(|(k, _)| *k == r.round_id).map(|(_, l)| *l).collect();

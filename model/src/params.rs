@@ -49,6 +49,32 @@ pub fn export<M: Module>(module: &M) -> Vec<NamedParam> {
     e.out
 }
 
+/// Cuts one flat vector (tensors end to end, in the given order) back into named tensors: the
+/// inverse of concatenating `export`'s values, as models travel and are stored.
+pub fn unflatten(shapes: &[(String, Vec<usize>)], flat: &[f32]) -> Result<Vec<NamedParam>, ModelError> {
+    let total: usize = shapes.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+    if total != flat.len() {
+        return Err(ModelError::Parameter {
+            name: "(all)".into(),
+            detail: format!("{} values for tensors holding {total}", flat.len()),
+        });
+    }
+    let mut offset = 0;
+    Ok(shapes
+        .iter()
+        .map(|(name, shape)| {
+            let len = shape.iter().product::<usize>();
+            let values = flat[offset..offset + len].to_vec();
+            offset += len;
+            NamedParam {
+                name: name.clone(),
+                shape: shape.clone(),
+                values,
+            }
+        })
+        .collect())
+}
+
 struct Import<'a> {
     path: Vec<String>,
     src: &'a BTreeMap<String, &'a NamedParam>,

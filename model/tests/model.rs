@@ -97,6 +97,11 @@ fn flatten_and_load_round_trip_exactly() {
     assert_ne!(export(&b), params, "different seeds give different models");
     let b = import(b, &params).unwrap();
     assert_eq!(export(&b), params, "bit-exact round trip");
+    // And through the flat form models travel in.
+    let shapes: Vec<(String, Vec<usize>)> = params.iter().map(|p| (p.name.clone(), p.shape.clone())).collect();
+    let flat: Vec<f32> = params.iter().flat_map(|p| p.values.iter().copied()).collect();
+    assert_eq!(fedfuse_model::params::unflatten(&shapes, &flat).unwrap(), params);
+    assert!(fedfuse_model::params::unflatten(&shapes, &flat[1..]).is_err());
     let history = ids(vec![1, 2, 3], [1, 3], &device);
     let sa = values(
         a.score(&a.encode(history.clone(), &catalog), all_items(&device), &catalog)
