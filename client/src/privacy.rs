@@ -90,8 +90,8 @@ impl StorePrivacy {
     /// Clips `delta`, charges the ledger (durably), then noises `delta` in place.
     pub fn privatize(&mut self, round: u64, plan: &TrainingPlan, delta: &mut [f32]) -> Result<PrivacySpend, PrivacyError> {
         let (release, noise) = self.release(round, plan, delta.len())?;
-        self.ledger.preview(&release, &self.policy.budget)?;
         clip_update(delta, release.clip_norm)?;
+        // `charge` checks the budget itself and writes nothing when it refuses.
         let entry = self.ledger.charge(release, &self.policy.budget)?;
         noise.add(delta)?;
         let mut ledger_entry_hash = [0u8; 32];
