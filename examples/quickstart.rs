@@ -23,7 +23,8 @@ use fedfuse_data::split::{Split, SplitConfig};
 use fedfuse_data::synthetic::SyntheticConfig;
 use fedfuse_model::catalog::{ItemFeatures, Vocabulary};
 use fedfuse_model::device::{self, DeviceChoice};
-use fedfuse_model::evaluate::{Holdout, evaluate};
+use fedfuse_data::evaluate::{Holdout, evaluate};
+use fedfuse_model::evaluate::FusedScorer;
 use fedfuse_model::fused::FusedConfig;
 use fedfuse_model::item_tower::ItemTowerConfig;
 use fedfuse_model::params::{export, import, unflatten};
@@ -74,7 +75,6 @@ struct FusedTrainer {
     features: ItemFeatures,
     vocabulary: Vocabulary,
     sequences: Vec<Vec<u32>>,
-    item_counts: Vec<u32>,
     device: Device,
     max_len: usize,
     seed: u64,
@@ -102,7 +102,7 @@ impl LocalTrainer for FusedTrainer {
             seed: self.seed ^ round,
             ..TrainConfig::default()
         };
-        let (model, reports) = train(model, &catalog, &self.sequences, &self.item_counts, &config, |_, _| true);
+        let (model, reports) = train(model, &catalog, &self.sequences, &config, |_, _| true);
         let trained: HashMap<String, Vec<f32>> = export(&model).into_iter().map(|p| (p.name, p.values)).collect();
         let mut delta = Vec::with_capacity(params.len());
         for p in &named {
@@ -222,7 +222,7 @@ fn main() -> anyhow::Result<()> {
             plan: TrainingPlan {
                 work: LocalWork::Epochs(cli.local_epochs),
                 learning_rate: 2e-3,
-                batch_size: 128,
+                batch_size: 32,
                 proximal_mu: None,
                 update_encoding: UpdateEncoding::Dense(ValueEncoding::F32),
                 dp: None,
@@ -246,14 +246,11 @@ fn main() -> anyhow::Result<()> {
         let mut agents = Vec::new();
         for (i, (name, seqs)) in stores.iter().enumerate() {
             let bundle = platform.issue_store(name, 1)?;
-            let mut item_counts = vec![0u32; features.category.len()];
-            seqs.iter().flatten().for_each(|i| item_counts[*i as usize] += 1);
             let mut trainer = FusedTrainer {
                 config: config.clone(),
                 features: features.clone(),
                 vocabulary,
                 sequences: seqs.clone(),
-                item_counts,
                 device: base.clone(),
                 max_len: cli.max_len,
                 seed: cli.seed + i as u64,
@@ -311,7 +308,7 @@ fn main() -> anyhow::Result<()> {
             .collect();
         let named = unflatten(&shapes, &snapshot.params)?;
         let model = import(config.init(&base), &named)?;
-        let e = evaluate(&model, &eval_catalog, &split, Holdout::Test, cli.max_len, 256, 10);
+        let e = evaluate(&mut FusedScorer::new(&model, &eval_catalog), &split, Holdout::Test, 256, 10);
         let round_losses: Vec<f64> = losses.iter().filter(|(k, _)| *k == r.round_id).map(|(_, l)| *l).collect();
         let loss = (!round_losses.is_empty()).then(|| round_losses.iter().sum::<f64>() / round_losses.len() as f64);
         println!(

@@ -2,6 +2,8 @@
 //!
 //!   cargo run --release --example train_centralized -- --data movielens:../shared/data/ml-100k --report report.json
 //!   cargo run --release --example train_centralized -- --data synthetic --epochs 3
+//!   cargo run --release --example train_centralized -- --data movielens:PATH --branches fused,cf,content,seq,mlp --seeds 1,2,3
+//!   cargo run --release --example train_centralized -- --data movielens:PATH --mode local-only
 //!
 //! Prints a table (full ranking decides; sampled is for comparison with the literature) and
 //! writes the numbers as JSON with --report.
@@ -10,21 +12,34 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use fedfuse_data::Dataset;
+use fedfuse_data::evaluate::{EvalAccumulator, Evaluation, Holdout, evaluate_into};
+use fedfuse_data::metrics::{MeanMetrics, MetricsReport};
 use fedfuse_data::source::DataSource;
 use fedfuse_data::split::{Split, SplitConfig};
 use fedfuse_model::catalog::ItemFeatures;
 use fedfuse_model::device::{self, DeviceChoice};
-use fedfuse_model::evaluate::{Holdout, evaluate};
-use fedfuse_model::fused::{BRANCHES, FusedConfig};
-use fedfuse_model::item_tower::ItemTowerConfig;
-use fedfuse_model::sequence::SequenceEncoderConfig;
-use fedfuse_model::train::{TrainConfig, train};
-use serde_json::json;
+use fedfuse_model::evaluate::FusedScorer;
+use fedfuse_model::fit::{ModelShape, fit};
+use fedfuse_model::fused::BRANCHES;
+use fedfuse_model::sequence::EncoderKind;
+use fedfuse_model::train::{Objective, TrainConfig};
+use fedfuse_model::window::CandidateConfig;
+use serde_json::{Value, json};
 
-/// Centralized training of the fused recommender (the reference every federated run is
-/// compared with).
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// One model on every shopper (the reference every federated run is compared with).
+    Pooled,
+    /// One model per store, trained and evaluated on that store's shoppers only.
+    LocalOnly,
+}
+
+/// Centralized training of the fused recommender, with early stopping on validation HR@10
+/// (full ranking) and a test report by full ranking and against 99 sampled negatives.
 #[derive(Parser)]
+#[command(version, about, long_about = None)]
 struct Cli {
     /// `synthetic` (the built-in generator) or `movielens:PATH` (a MovieLens-100K folder).
     #[arg(long, default_value = "synthetic")]
@@ -35,25 +50,92 @@ struct Cli {
     /// `auto` (GPU if wgpu finds one), `gpu` or `cpu`.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
-    /// Train only these branches' fused score: `fused` (default) or one of cf, content, seq, mlp.
-    #[arg(long, default_value = "fused")]
-    branches: String,
-    #[arg(long, default_value_t = 10)]
+    /// What to train, comma-separated, each a separate model: `fused` (all branches, learned
+    /// fusion) or a single branch trained alone: cf, content, seq, mlp.
+    #[arg(long, default_value = "fused", value_delimiter = ',')]
+    branches: Vec<String>,
+    /// `pooled` or `local-only` (every store alone).
+    #[arg(long, value_enum, default_value = "pooled")]
+    mode: Mode,
+    /// Training seeds, comma-separated; results are reported per seed and as the mean.
+    #[arg(long, default_value = "7", value_delimiter = ',')]
+    seeds: Vec<u64>,
+    /// Seed of the split's sampled negatives (fixed across training seeds).
+    #[arg(long, default_value_t = 2024)]
+    split_seed: u64,
+    /// Upper bound on epochs; early stopping usually ends sooner.
+    #[arg(long, default_value_t = 200)]
     epochs: usize,
-    #[arg(long, default_value_t = 256)]
+    /// Epochs without a better validation HR@10 before stopping.
+    #[arg(long, default_value_t = 10)]
+    patience: usize,
+    /// Windows (of up to --max-len predictions) per batch.
+    #[arg(long, default_value_t = 64)]
     batch_size: usize,
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
+    /// Linear warm-up steps before the cosine decay.
+    #[arg(long, default_value_t = 100)]
+    warmup: usize,
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f32,
     #[arg(long, default_value_t = 64)]
     dim: usize,
+    /// Items of history the model reads (and predictions per training window).
     #[arg(long, default_value_t = 50)]
     max_len: usize,
-    #[arg(long, default_value_t = 7)]
-    seed: u64,
+    /// Hidden width of the MLP head.
+    #[arg(long, default_value_t = 16)]
+    head: usize,
+    /// Sequence encoder: `attention` (SASRec) or `lstm`.
+    #[arg(long, default_value = "attention")]
+    encoder: EncoderKind,
+    #[arg(long, default_value_t = 2)]
+    layers: usize,
+    #[arg(long, default_value_t = 0.2)]
+    dropout: f64,
+    /// `softmax` (sampled, log-q corrected) or `bpr`.
+    #[arg(long, default_value = "softmax")]
+    loss: Objective,
+    /// Negatives drawn from the batch's own targets.
+    #[arg(long, default_value_t = 256)]
+    in_batch: usize,
+    /// Negatives drawn uniformly from the catalog (with --in-batch covering the catalog, the
+    /// exact softmax is used).
+    #[arg(long, default_value_t = 256)]
+    uniform: usize,
+    /// No progress bar or per-epoch lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn mean_metrics(m: &MeanMetrics) -> Value {
+    json!({"hr10": m.mean.hit_rate, "ndcg10": m.mean.ndcg, "recall10": m.mean.recall, "precision10": m.mean.precision, "f1_10": m.mean.f1, "mrr": m.mean.mrr, "cases": m.cases})
+}
+
+/// One trained model (or one per store) and its test evaluation.
+struct Outcome {
+    test: Evaluation,
+    fusion_weights: Vec<Vec<f32>>,
+    best_epochs: Vec<usize>,
+    examples_per_second: f64,
+    train_seconds: f64,
+}
+
+fn summary(e: &Evaluation) -> Value {
+    json!({
+        "hr10_full": e.full.overall.mean.hit_rate,
+        "ndcg10_full": e.full.overall.mean.ndcg,
+        "hr10_sampled": e.sampled.overall.mean.hit_rate,
+        "ndcg10_sampled": e.sampled.overall.mean.ndcg,
+    })
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber_init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     let started = Instant::now();
     let dataset = cli
@@ -64,114 +146,112 @@ fn main() -> anyhow::Result<()> {
     let split = Split::new(
         &dataset,
         &SplitConfig {
-            seed: cli.seed,
+            seed: cli.split_seed,
             ..Default::default()
         },
     )?;
-    let features = ItemFeatures::from_catalog(&dataset.catalog);
-    let vocabulary = features.vocabulary(8);
     let base = device::select(cli.device)?;
     let device_name = device::name(&base);
-    base.seed(cli.seed);
-    let train_device = base.clone().autodiff();
-    let train_catalog = features.to_tensors(vocabulary, &train_device);
-    let eval_catalog = features.to_tensors(vocabulary, &base);
-    let config = FusedConfig::new(
-        ItemTowerConfig::for_vocabulary(&vocabulary, cli.dim),
-        SequenceEncoderConfig::new(cli.dim, cli.max_len),
-    );
-    let mut model = config.init(&train_device);
-    model.only = match cli.branches.as_str() {
-        "fused" => None,
-        b => Some(
-            BRANCHES
-                .iter()
-                .position(|n| *n == b)
-                .with_context(|| format!("unknown branch {b:?}"))?,
-        ),
-    };
-    let sequences = split.train_sequences();
-    let train_config = TrainConfig {
-        epochs: cli.epochs,
-        batch_size: cli.batch_size,
-        learning_rate: cli.lr,
+    let shape = ModelShape {
+        dim: cli.dim,
         max_len: cli.max_len,
-        seed: cli.seed,
-        ..TrainConfig::default()
+        head: cli.head,
+        encoder: cli.encoder,
+        layers: cli.layers,
+        heads: 2,
+        dropout: cli.dropout,
     };
-    // Early stopping on validation HR@10 (full ranking), keeping the best model.
-    let mut best: Option<(f64, fedfuse_model::fused::FusedRecommender)> = None;
-    let mut since_best = 0;
-    let train_started = Instant::now();
-    let (_, epochs) = train(
-        model,
-        &train_catalog,
-        &sequences,
-        split.train_item_counts(),
-        &train_config,
-        |report, m| {
-            let valid = burn::module::Module::valid(m);
-            let e = evaluate(&valid, &eval_catalog, &split, Holdout::Validation, cli.max_len, 128, 10);
-            let hr = e.full.overall.mean.hit_rate;
-            eprintln!(
-                "epoch {:>2}  loss {:.4}  {:.0} examples/s  val HR@10 {:.4}  NDCG@10 {:.4}",
-                report.epoch + 1,
-                report.mean_loss,
-                report.examples as f64 / report.seconds,
-                hr,
-                e.full.overall.mean.ndcg
-            );
-            if best.as_ref().is_none_or(|(b, _)| hr > *b) {
-                best = Some((hr, valid));
-                since_best = 0;
-            } else {
-                since_best += 1;
-            }
-            since_best < 3
-        },
-    );
-    let train_seconds = train_started.elapsed().as_secs_f64();
-    let examples_seen: usize = epochs.iter().map(|e| e.examples).sum();
-    let (_, model) = best.context("no epoch ran")?;
-    let e = evaluate(&model, &eval_catalog, &split, Holdout::Test, cli.max_len, 128, 10);
-    let m = |r: &fedfuse_data::metrics::MetricsReport| json!({"hr10": r.overall.mean.hit_rate, "ndcg10": r.overall.mean.ndcg, "cases": r.overall.cases});
+    let mut runs: Vec<(String, u64, Outcome)> = Vec::new();
+    for branch in &cli.branches {
+        let only = match branch.as_str() {
+            "fused" => None,
+            b => Some(
+                BRANCHES
+                    .iter()
+                    .position(|n| *n == b)
+                    .with_context(|| format!("unknown branch {b:?}: use fused, cf, content, seq or mlp"))?,
+            ),
+        };
+        for &seed in &cli.seeds {
+            let outcome = run(&cli, &dataset, &split, &base, shape, only, seed)?;
+            print_table(&format!("{branch}, seed {seed}"), &outcome.test);
+            runs.push((branch.clone(), seed, outcome));
+        }
+    }
+
+    // Means over seeds, per trained configuration.
+    let mean_of = |branch: &str, f: &dyn Fn(&Evaluation) -> f64| -> f64 {
+        let v: Vec<f64> = runs.iter().filter(|(b, _, _)| b == branch).map(|(_, _, o)| f(&o.test)).collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    let first = &cli.branches[0];
+    let (_, _, head) = runs.iter().find(|(b, _, _)| b == first).context("no run")?;
+    let alone: serde_json::Map<String, Value> = cli
+        .branches
+        .iter()
+        .map(|b| {
+            (
+                b.clone(),
+                json!({
+                    "hr10_full": mean_of(b, &|e| e.full.overall.mean.hit_rate),
+                    "ndcg10_full": mean_of(b, &|e| e.full.overall.mean.ndcg),
+                    "hr10_sampled": mean_of(b, &|e| e.sampled.overall.mean.hit_rate),
+                    "ndcg10_sampled": mean_of(b, &|e| e.sampled.overall.mean.ndcg),
+                    "hr10_full_distinct_timestamps": mean_of(b, &|e| e.full.distinct_timestamps.mean.hit_rate),
+                    "ndcg10_full_distinct_timestamps": mean_of(b, &|e| e.full.distinct_timestamps.mean.ndcg),
+                }),
+            )
+        })
+        .collect();
+    let e = &head.test;
+    let store_name = |s: &u16| dataset.stores.get(*s as usize).cloned().unwrap_or_else(|| s.to_string());
     let report = json!({
         "data": cli.data.to_string(),
-        "branches": cli.branches,
-        "hr10_full": e.full.overall.mean.hit_rate,
-        "ndcg10_full": e.full.overall.mean.ndcg,
-        "hr10_sampled": e.sampled.overall.mean.hit_rate,
-        "ndcg10_sampled": e.sampled.overall.mean.ndcg,
-        "distinct_timestamps_full": m(&fedfuse_data::metrics::MetricsReport { overall: e.full.distinct_timestamps, ..e.full.clone() }),
-        "per_branch": e.per_branch_full.iter().map(|(n, r)| (n.clone(), m(r))).collect::<serde_json::Map<_, _>>(),
-        "per_store": e.full.by_store.iter().map(|(s, r)| (dataset.stores.get(*s as usize).cloned().unwrap_or_else(|| s.to_string()), json!({"hr10": r.mean.hit_rate, "ndcg10": r.mean.ndcg, "cases": r.cases}))).collect::<serde_json::Map<_, _>>(),
-        "cold_start": {"items": {"hr10": e.full.cold_items.mean.hit_rate, "cases": e.full.cold_items.cases}, "short_history": {"hr10": e.full.short_history.mean.hit_rate, "cases": e.full.short_history.cases}},
-        "fusion_weights": model.fusion_weights(),
-        "train_examples_per_sec": examples_seen as f64 / train_seconds,
-        "epochs": epochs.len(),
+        "mode": match cli.mode { Mode::Pooled => "pooled", Mode::LocalOnly => "local-only" },
+        "branches": first,
+        "seeds": cli.seeds,
+        "hr10_full": mean_of(first, &|e| e.full.overall.mean.hit_rate),
+        "ndcg10_full": mean_of(first, &|e| e.full.overall.mean.ndcg),
+        "hr10_sampled": mean_of(first, &|e| e.sampled.overall.mean.hit_rate),
+        "ndcg10_sampled": mean_of(first, &|e| e.sampled.overall.mean.ndcg),
+        "distinct_timestamps": {
+            "full": mean_metrics(&e.full.distinct_timestamps),
+            "sampled": mean_metrics(&e.sampled.distinct_timestamps),
+        },
+        "alone": alone,
+        "per_seed": runs.iter().map(|(b, s, o)| json!({"branches": b, "seed": s, "test": summary(&o.test), "best_epochs": o.best_epochs, "fusion_weights": o.fusion_weights})).collect::<Vec<_>>(),
+        "per_branch": e.components_full.iter().map(|(n, r)| (n.clone(), mean_metrics(&r.overall))).collect::<serde_json::Map<_, _>>(),
+        "per_store": e.full.by_store.iter().map(|(s, m)| (store_name(s), mean_metrics(m))).collect::<serde_json::Map<_, _>>(),
+        "worst_store": worst_store(&e.full).map(|(s, m)| json!({"store": store_name(&s), "hr10": m.mean.hit_rate, "cases": m.cases})),
+        "cold_start": {
+            "items_under_5_train_events": mean_metrics(&e.full.cold_items),
+            "shoppers_with_at_most_2_history_items": mean_metrics(&e.full.short_history),
+        },
+        "full": mean_metrics(&e.full.overall),
+        "sampled": mean_metrics(&e.sampled.overall),
+        "train_examples_per_sec": head.examples_per_second,
+        "train_seconds": head.train_seconds,
         "device": device_name,
         "seconds": started.elapsed().as_secs_f64(),
+        "config": {
+            "dim": cli.dim, "max_len": cli.max_len, "head": cli.head, "encoder": format!("{:?}", cli.encoder),
+            "layers": cli.layers, "dropout": cli.dropout, "lr": cli.lr, "batch_size": cli.batch_size,
+            "loss": format!("{:?}", cli.loss), "in_batch": cli.in_batch, "uniform": cli.uniform,
+            "patience": cli.patience, "max_epochs": cli.epochs, "split_seed": cli.split_seed,
+        },
     });
-    println!("\n{:<28} {:>8} {:>8}", "test (best val epoch)", "HR@10", "NDCG@10");
-    println!(
-        "{:<28} {:>8.4} {:>8.4}",
-        "fused, full ranking", e.full.overall.mean.hit_rate, e.full.overall.mean.ndcg
-    );
-    println!(
-        "{:<28} {:>8.4} {:>8.4}",
-        "fused, 99 sampled", e.sampled.overall.mean.hit_rate, e.sampled.overall.mean.ndcg
-    );
-    println!(
-        "{:<28} {:>8.4} {:>8.4}",
-        "distinct-timestamp slice", e.full.distinct_timestamps.mean.hit_rate, e.full.distinct_timestamps.mean.ndcg
-    );
-    for (name, r) in &e.per_branch_full {
-        println!(
-            "{:<28} {:>8.4} {:>8.4}",
-            format!("branch {name}, full"),
-            r.overall.mean.hit_rate,
-            r.overall.mean.ndcg
-        );
+    if cli.branches.len() > 1 || cli.seeds.len() > 1 {
+        println!("\nmean over seeds {:?}, test, full ranking (sampled):", cli.seeds);
+        for b in &cli.branches {
+            println!(
+                "  {:<10} HR@10 {:.4} ({:.4})  NDCG@10 {:.4} ({:.4})",
+                b,
+                mean_of(b, &|e| e.full.overall.mean.hit_rate),
+                mean_of(b, &|e| e.sampled.overall.mean.hit_rate),
+                mean_of(b, &|e| e.full.overall.mean.ndcg),
+                mean_of(b, &|e| e.sampled.overall.mean.ndcg),
+            );
+        }
     }
     if let Some(path) = cli.report {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
@@ -180,10 +260,142 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Warnings (such as the fallback to the CPU) go to stderr; `RUST_LOG` raises the level.
-fn tracing_subscriber_init() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+fn worst_store(r: &MetricsReport) -> Option<(u16, MeanMetrics)> {
+    r.by_store
+        .iter()
+        .min_by(|a, b| a.1.mean.hit_rate.total_cmp(&b.1.mean.hit_rate))
+        .map(|(s, m)| (*s, *m))
+}
+
+/// Trains (one model, or one per store) and evaluates on test.
+fn run(
+    cli: &Cli,
+    dataset: &Dataset,
+    split: &Split,
+    base: &burn::tensor::Device,
+    shape: ModelShape,
+    only: Option<usize>,
+    seed: u64,
+) -> anyhow::Result<Outcome> {
+    let features = ItemFeatures::from_catalog(&dataset.catalog);
+    let vocabulary = features.vocabulary(8);
+    let train_device = base.clone().autodiff();
+    let train_catalog = features.to_tensors(vocabulary, &train_device);
+    let eval_catalog = features.to_tensors(vocabulary, base);
+    let sequences = split.train_sequences();
+    let config = TrainConfig {
+        epochs: cli.epochs,
+        batch_size: cli.batch_size,
+        learning_rate: cli.lr,
+        warmup_steps: cli.warmup,
+        weight_decay: cli.weight_decay,
+        max_len: cli.max_len,
+        candidates: CandidateConfig {
+            in_batch: cli.in_batch,
+            uniform: cli.uniform,
+        },
+        objective: cli.loss,
+        seed,
+        progress: !cli.quiet,
+        ..TrainConfig::default()
+    };
+    // Groups of shoppers trained together: everyone, or each store alone.
+    let groups: Vec<Vec<u32>> = match cli.mode {
+        Mode::Pooled => vec![(0..dataset.shoppers.len() as u32).collect()],
+        Mode::LocalOnly => {
+            let mut g = vec![Vec::new(); dataset.stores.len()];
+            for (s, info) in dataset.shoppers.iter().enumerate() {
+                g[info.store as usize].push(s as u32);
+            }
+            g
+        }
+    };
+    let mut test = EvalAccumulator::default();
+    let (mut weights, mut best_epochs) = (Vec::new(), Vec::new());
+    let (mut examples, mut seconds, mut train_seconds) = (0.0, 0.0, 0.0);
+    for (g, shoppers) in groups.iter().enumerate() {
+        if shoppers.is_empty() {
+            continue;
+        }
+        let member: std::collections::HashSet<u32> = shoppers.iter().copied().collect();
+        let group_sequences: Vec<Vec<u32>> = sequences
+            .iter()
+            .enumerate()
+            .map(|(s, seq)| if member.contains(&(s as u32)) { seq.clone() } else { Vec::new() })
+            .collect();
+        let cases = |h: &[fedfuse_data::split::EvalCase]| -> Vec<usize> {
+            h.iter()
+                .enumerate()
+                .filter(|(_, c)| member.contains(&c.shopper))
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let (validation_cases, test_cases) = (cases(&split.validation), cases(&split.test));
+        if test_cases.is_empty() {
+            continue;
+        }
+        base.seed(seed);
+        let mut model = shape.config(&vocabulary).init(&train_device);
+        model.only = only;
+        let label = if groups.len() > 1 {
+            format!("{}", dataset.stores.get(g).cloned().unwrap_or_default())
+        } else {
+            String::new()
+        };
+        let quiet = cli.quiet;
+        let fitted = fit(
+            model,
+            &train_catalog,
+            &eval_catalog,
+            &group_sequences,
+            split,
+            &validation_cases,
+            &config,
+            cli.patience,
+            |e| {
+                if !quiet {
+                    eprintln!(
+                        "{label} epoch {:>3}  loss {:.4}  {:.0} examples/s  val HR@10 {:.4}  NDCG@10 {:.4}",
+                        e.train.epoch + 1,
+                        e.train.mean_loss,
+                        e.train.examples as f64 / e.train.seconds.max(1e-9),
+                        e.validation_hr10,
+                        e.validation_ndcg10
+                    );
+                }
+            },
+        );
+        evaluate_into(
+            &mut FusedScorer::new(&fitted.model, &eval_catalog),
+            split,
+            Holdout::Test,
+            &test_cases,
+            256,
+            &mut test,
+        );
+        weights.push(fitted.model.fusion_weights());
+        best_epochs.push(fitted.best_epoch + 1);
+        examples += fitted.epochs.iter().map(|e| e.train.examples as f64).sum::<f64>();
+        seconds += fitted.epochs.iter().map(|e| e.train.seconds).sum::<f64>();
+        train_seconds += fitted.train_seconds;
+    }
+    Ok(Outcome {
+        test: test.finish(10),
+        fusion_weights: weights,
+        best_epochs,
+        examples_per_second: examples / seconds.max(1e-9),
+        train_seconds,
+    })
+}
+
+fn print_table(title: &str, e: &Evaluation) {
+    println!("\n{:<34} {:>8} {:>8}", format!("test: {title}"), "HR@10", "NDCG@10");
+    let row = |name: &str, m: &MeanMetrics| println!("{:<34} {:>8.4} {:>8.4}", name, m.mean.hit_rate, m.mean.ndcg);
+    row("full ranking", &e.full.overall);
+    row("99 sampled negatives", &e.sampled.overall);
+    row("distinct-timestamp slice, full", &e.full.distinct_timestamps);
+    row("cold items (<5 train events), full", &e.full.cold_items);
+    for (name, r) in &e.components_full {
+        row(&format!("branch {name} of this model, full"), &r.overall);
+    }
 }

@@ -12,12 +12,14 @@
 //! - [`partition`]: stores (federated clients) from shopper attributes;
 //! - [`quality`]: the [`QualityReport`] that makes cleaning visible;
 //! - [`split`]: the leave-last-out evaluation split with sampled negatives;
-//! - [`metrics`]: HR, NDCG, recall, precision, F1 and MRR, sampled and full-ranking, with slices.
+//! - [`metrics`]: HR, NDCG, recall, precision, F1 and MRR, sampled and full-ranking, with slices;
+//! - [`evaluate`]: the evaluation protocol for any [`evaluate::Scorer`].
 
 pub mod catalog;
 pub mod csv_reader;
 pub mod dataset;
 pub mod error;
+pub mod evaluate;
 pub mod interactions;
 pub mod metrics;
 pub mod movielens;

@@ -3,24 +3,34 @@
 //! - [`device`]: run-time choice of GPU (wgpu) or CPU (flex), with a logged fallback;
 //! - [`catalog`]: the catalog's content features as tensors on a device;
 //! - [`item_tower`]: an item as its collaborative (ID) and content vectors;
-//! - [`sequence`]: the shopper's recent items through causal self-attention (SASRec-style);
+//! - [`dense`], [`attention`]: layers whose weights can be expanded per shopper (DP-SGD);
+//! - [`sequence`]: the shopper's recent items through causal self-attention (SASRec-style) or
+//!   an LSTM, at every position;
 //! - [`fused`]: the branch scores (collaborative, content, sequence, MLP) and their learned
 //!   weighted fusion;
-//! - [`train`]: next-item training with an in-batch, log-q corrected sampled softmax;
-//! - [`evaluate`]: full-ranking and sampled metrics, per branch and slice;
+//! - [`window`]: training windows and batches with sampled candidates;
+//! - [`train`]: next-item training at every position, sampled softmax (log-q corrected) or BPR;
+//! - [`evaluate`]: the model as a scorer for the evaluation protocol, per branch;
+//! - [`fit`]: training with early stopping on validation, as experiments run it;
+//! - [`dpsgd`]: user-level DP-SGD with per-shopper gradients from one backward pass;
 //! - [`params`]: the model as named f32 tensors, for federated averaging and export.
 //!
 //! Shoppers are represented only by their item history: no parameter belongs to a shopper, so
 //! nothing shopper-specific can leave a store in an update.
 
+pub mod attention;
 pub mod catalog;
+pub mod dense;
 pub mod device;
+pub mod dpsgd;
 pub mod evaluate;
+pub mod fit;
 pub mod fused;
 pub mod item_tower;
 pub mod params;
 pub mod sequence;
 pub mod train;
+pub mod window;
 
 /// Item id 0 is padding everywhere: histories are left-padded with it and its embedding
 /// rows are masked out of every score.

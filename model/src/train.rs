@@ -1,115 +1,113 @@
-//! Training: next-item prediction with a sampled softmax.
-//!
-//! Every position of every shopper's training sequence is an example (the items before it,
-//! the last `max_len` of them, predict it). The candidates of a batch are its own targets
-//! (in-batch negatives). Popular items are over-represented among them, so each candidate's
-//! logit is corrected by −log q (its share of training events; Yi et al. 2019), and a column
-//! holding the row's own target item again (another shopper's identical target) is masked so
-//! the model is never taught to rank the true item below itself. AdamW with a cosine schedule.
+//! Training: next-item prediction at every position of every window (see [`crate::window`]),
+//! with a sampled softmax (in-batch and uniform candidates, log-q corrected) or BPR, AdamW and
+//! a cosine schedule with linear warm-up.
 
 use burn::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
-use burn::tensor::{Bool, Int, TensorData};
+use burn::tensor::activation::{log_softmax, softplus};
+use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::catalog::CatalogTensors;
 use crate::fused::FusedRecommender;
+use crate::window::{CandidateConfig, SplitMix, TrainBatch, Window, batch, windows};
+
+/// The training objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Objective {
+    /// Softmax over the target and the batch's candidates, log-q corrected.
+    SampledSoftmax,
+    /// Bayesian personalised ranking: the target above each candidate.
+    Bpr,
+}
+
+impl std::str::FromStr for Objective {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "softmax" | "sampled-softmax" => Ok(Self::SampledSoftmax),
+            "bpr" => Ok(Self::Bpr),
+            other => Err(format!("unknown loss {other:?}: use softmax or bpr")),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
     pub epochs: usize,
+    /// Windows per batch.
     pub batch_size: usize,
     pub learning_rate: f64,
     pub min_learning_rate: f64,
+    /// Steps of linear warm-up before the cosine decay.
+    pub warmup_steps: usize,
     pub weight_decay: f32,
     pub max_len: usize,
+    pub candidates: CandidateConfig,
+    pub objective: Objective,
     pub seed: u64,
+    /// Show a progress bar (loss, examples/s, ETA) on stderr.
+    pub progress: bool,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             epochs: 10,
-            batch_size: 256,
+            batch_size: 64,
             learning_rate: 1e-3,
             min_learning_rate: 1e-5,
+            warmup_steps: 0,
             weight_decay: 1e-4,
             max_len: 50,
+            candidates: CandidateConfig::default(),
+            objective: Objective::SampledSoftmax,
             seed: 7,
+            progress: false,
         }
     }
 }
 
-/// One training example: shopper index and the position of its target in the sequence.
-pub type Example = (u32, u32);
-
-/// All (shopper, position ≥ 1) pairs.
-pub fn examples(sequences: &[Vec<u32>]) -> Vec<Example> {
-    sequences
-        .iter()
-        .enumerate()
-        .flat_map(|(s, seq)| (1..seq.len() as u32).map(move |p| (s as u32, p)))
-        .collect()
+/// The loss of a batch (scalar): mean over its predictions.
+pub fn loss(model: &FusedRecommender, batch: &TrainBatch, catalog: &CatalogTensors, objective: Objective) -> Tensor<1> {
+    let per_position = position_losses(model, batch, catalog, objective);
+    (per_position * batch.weight.clone()).sum() / (batch.predictions.max(1) as f64)
 }
 
-/// The last `max_len` items before `end`, as model ids (data id + 1), left-padded with 0.
-pub fn left_padded(sequence: &[u32], end: usize, max_len: usize) -> Vec<i64> {
-    let start = end.saturating_sub(max_len);
-    let items = &sequence[start..end];
-    let mut out = vec![crate::PAD; max_len - items.len()];
-    out.extend(items.iter().map(|i| i64::from(*i) + 1));
-    out
+/// Loss at every position, `[B, T, 1]` (meaningless where `batch.weight` is 0).
+pub fn position_losses(
+    model: &FusedRecommender,
+    batch: &TrainBatch,
+    catalog: &CatalogTensors,
+    objective: Objective,
+) -> Tensor<3> {
+    let states = model.encode(batch.history.clone(), catalog);
+    let targets = model.items.vectors(batch.target.clone(), catalog);
+    let candidates = model.items.vectors(batch.candidates.clone(), catalog);
+    let positive = model.score_pairs(&states, &targets).fused - batch.log_q_target.clone();
+    let negative = model.score(&states, &candidates).fused - batch.log_q_candidates.clone();
+    objective_loss(positive, negative, batch.collides.clone(), objective)
 }
 
-/// A batch on `device`: histories `[B, L]`, targets `[B]`, the duplicate-target mask `[B, B]`
-/// and the −log q correction `[1, B]`.
-pub struct Batch {
-    pub history: Tensor<2, Int>,
-    pub target: Tensor<1, Int>,
-    pub duplicate: Tensor<2, Bool>,
-    pub log_q: Tensor<2>,
-}
-
-pub fn batch(sequences: &[Vec<u32>], examples: &[Example], item_counts: &[u32], max_len: usize, device: &Device) -> Batch {
-    let b = examples.len();
-    let mut history = Vec::with_capacity(b * max_len);
-    let mut targets = Vec::with_capacity(b);
-    for &(s, p) in examples {
-        let seq = &sequences[s as usize];
-        history.extend(left_padded(seq, p as usize, max_len));
-        targets.push(seq[p as usize]);
+/// `positive` `[B, T, 1]`, `negative` `[B, T, C]` (corrected logits), `collides` marks the
+/// candidates equal to the target, which are left out → `[B, T, 1]`.
+pub fn objective_loss(
+    positive: Tensor<3>,
+    negative: Tensor<3>,
+    collides: Tensor<3, burn::tensor::Bool>,
+    objective: Objective,
+) -> Tensor<3> {
+    match objective {
+        Objective::SampledSoftmax => {
+            let logits = Tensor::cat(vec![positive, negative.mask_fill(collides, -1e9)], 2);
+            log_softmax(logits, 2).narrow(2, 0, 1).neg()
+        }
+        Objective::Bpr => {
+            let keep = collides.bool_not().float();
+            let kept = keep.clone().sum_dim(2).clamp_min(1.0);
+            (softplus(negative - positive, 1.0) * keep).sum_dim(2) / kept
+        }
     }
-    let total: f64 = item_counts.iter().map(|c| f64::from(*c)).sum::<f64>().max(1.0);
-    let log_q: Vec<f32> = targets
-        .iter()
-        .map(|t| ((f64::from(item_counts.get(*t as usize).copied().unwrap_or(0)).max(1.0)) / total).ln() as f32)
-        .collect();
-    let duplicate: Vec<bool> = (0..b)
-        .flat_map(|i| (0..b).map(move |j| (i, j)))
-        .map(|(i, j)| i != j && targets[i] == targets[j])
-        .collect();
-    Batch {
-        history: Tensor::from_data(TensorData::new(history, [b, max_len]), device),
-        target: Tensor::from_data(
-            TensorData::new(targets.iter().map(|t| i64::from(*t) + 1).collect::<Vec<_>>(), [b]),
-            device,
-        ),
-        duplicate: Tensor::from_data(TensorData::new(duplicate, [b, b]), device),
-        log_q: Tensor::from_data(TensorData::new(log_q, [1, b]), device),
-    }
-}
-
-/// In-batch sampled-softmax loss of a batch (scalar tensor).
-pub fn loss(model: &FusedRecommender, batch: &Batch, catalog: &CatalogTensors) -> Tensor<1> {
-    let device = batch.history.device();
-    let scores = model
-        .score(&model.encode(batch.history.clone(), catalog), batch.target.clone(), catalog)
-        .fused;
-    let b = batch.target.dims()[0];
-    let logits = (scores - batch.log_q.clone()).mask_fill(batch.duplicate.clone(), -1e9);
-    let labels = Tensor::<1, Int>::arange(0..b as i64, &device);
-    CrossEntropyLossConfig::new().init(&device).forward(logits, labels)
 }
 
 /// What an epoch did.
@@ -117,6 +115,7 @@ pub fn loss(model: &FusedRecommender, batch: &Batch, catalog: &CatalogTensors) -
 pub struct EpochReport {
     pub epoch: usize,
     pub mean_loss: f64,
+    /// Next-item predictions trained on.
     pub examples: usize,
     pub seconds: f64,
 }
@@ -127,45 +126,68 @@ pub fn train(
     mut model: FusedRecommender,
     catalog: &CatalogTensors,
     sequences: &[Vec<u32>],
-    item_counts: &[u32],
     config: &TrainConfig,
     mut after_epoch: impl FnMut(&EpochReport, &FusedRecommender) -> bool,
 ) -> (FusedRecommender, Vec<EpochReport>) {
     let device = catalog.category.device();
-    let mut all = examples(sequences);
-    let steps_per_epoch = all.len().div_ceil(config.batch_size.max(1)).max(1);
+    let n_items = catalog.vocabulary.items - 1;
+    let mut all: Vec<Window> = windows(sequences, config.max_len);
+    let batch_size = config.batch_size.max(1);
+    let steps_per_epoch = all.len().div_ceil(batch_size).max(1);
+    let total_steps = steps_per_epoch * config.epochs.max(1);
     let mut optim = AdamWConfig::new().with_weight_decay(config.weight_decay).init();
-    let mut schedule = CosineAnnealingLrSchedulerConfig::new(config.learning_rate, steps_per_epoch * config.epochs.max(1))
+    let warmup = config.warmup_steps.min(total_steps / 2);
+    let mut schedule = CosineAnnealingLrSchedulerConfig::new(config.learning_rate, (total_steps - warmup).max(1))
         .with_min_lr(config.min_learning_rate)
         .init()
         .expect("a learning rate in (0, 1]");
-    let mut rng = config.seed;
+    let mut rng = SplitMix(config.seed);
     let mut reports = Vec::new();
+    let mut step = 0usize;
+    let bar = if config.progress {
+        let bar = ProgressBar::new(total_steps as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] epoch {prefix} {msg} ETA {eta}")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
     for epoch in 0..config.epochs {
-        // Deterministic Fisher–Yates shuffle (splitmix64), so CPU runs repeat exactly.
-        for i in (1..all.len()).rev() {
-            rng = rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = rng;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            all.swap(i, ((z ^ (z >> 31)) % (i as u64 + 1)) as usize);
-        }
+        rng.shuffle(&mut all);
+        bar.set_prefix(format!("{}/{}", epoch + 1, config.epochs));
         let start = std::time::Instant::now();
-        let mut total = 0.0;
-        for chunk in all.chunks(config.batch_size.max(2)) {
-            if chunk.len() < 2 {
+        let (mut total, mut examples) = (0.0, 0usize);
+        for chunk in all.chunks(batch_size) {
+            let b = batch(sequences, chunk, n_items, config.candidates, config.max_len, &mut rng, &device);
+            if b.predictions == 0 {
                 continue;
             }
-            let b = batch(sequences, chunk, item_counts, config.max_len, &device);
-            let l = loss(&model, &b, catalog);
-            total += f64::from(l.clone().into_scalar::<f32>()) * chunk.len() as f64;
+            let l = loss(&model, &b, catalog, config.objective);
+            let value = f64::from(l.clone().into_scalar::<f32>());
+            total += value * b.predictions as f64;
+            examples += b.predictions;
             let grads = GradientsParams::from_grads(l.backward(), &model);
-            model = optim.step(schedule.step(), model, grads);
+            let lr = if step < warmup {
+                config.learning_rate * (step + 1) as f64 / warmup as f64
+            } else {
+                schedule.step().base()
+            };
+            model = optim.step(lr, model, grads);
+            step += 1;
+            bar.inc(1);
+            bar.set_message(format!(
+                "loss {:.4}  {:.0} examples/s",
+                total / examples.max(1) as f64,
+                examples as f64 / start.elapsed().as_secs_f64().max(1e-9)
+            ));
         }
         let report = EpochReport {
             epoch,
-            mean_loss: total / all.len().max(1) as f64,
-            examples: all.len(),
+            mean_loss: total / examples.max(1) as f64,
+            examples,
             seconds: start.elapsed().as_secs_f64(),
         };
         let go_on = after_epoch(&report, &model);
@@ -174,5 +196,6 @@ pub fn train(
             break;
         }
     }
+    bar.finish_and_clear();
     (model, reports)
 }

@@ -1,0 +1,265 @@
+//! Training windows and batches.
+//!
+//! A shopper's training sequence is cut, from its end backwards, into windows of at most
+//! `max_len` next-item predictions: the window's inputs are items `start-1 .. end-1` and its
+//! targets items `start .. end`, so one forward pass over the inputs scores every target
+//! (causal encoders see only the past). Every training event is the target of exactly one
+//! window per epoch.
+//!
+//! The candidates a batch's predictions are scored against are shared by the whole batch:
+//! `in_batch` draws from the batch's own targets (negatives as popular as the data) and
+//! `uniform` draws from the catalog (so the tail is not ignored), both with replacement. Each
+//! logit is corrected by the log of its candidate's expected count in the draw (sampled
+//! softmax, Jean et al. 2015; Yi et al. 2019), which makes the sampled loss an unbiased
+//! stand-in for the full softmax. When the draws would cover the catalog, the batch uses the
+//! catalog itself and the exact softmax.
+
+use burn::prelude::*;
+use burn::tensor::{Bool, Int, TensorData};
+
+/// One window: targets are `sequence[start..end]` of shopper `shopper`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub shopper: u32,
+    pub start: u32,
+    pub end: u32,
+}
+
+/// All windows of `sequences` (targets need at least one earlier item).
+pub fn windows(sequences: &[Vec<u32>], max_len: usize) -> Vec<Window> {
+    let max_len = max_len.max(1);
+    let mut out = Vec::new();
+    for (s, seq) in sequences.iter().enumerate() {
+        let mut end = seq.len();
+        while end > 1 {
+            let start = end.saturating_sub(max_len).max(1);
+            out.push(Window {
+                shopper: s as u32,
+                start: start as u32,
+                end: end as u32,
+            });
+            end = start;
+        }
+    }
+    out
+}
+
+/// The last `max_len` items before `end`, as model ids (data id + 1), left-padded with 0.
+pub fn left_padded(sequence: &[u32], end: usize, max_len: usize) -> Vec<i64> {
+    let start = end.saturating_sub(max_len);
+    let items = &sequence[start..end];
+    let mut out = vec![crate::PAD; max_len - items.len()];
+    out.extend(items.iter().map(|i| i64::from(*i) + 1));
+    out
+}
+
+/// How a batch's predictions are scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CandidateConfig {
+    /// Draws from the batch's targets.
+    pub in_batch: usize,
+    /// Draws from the catalog, uniformly.
+    pub uniform: usize,
+}
+
+impl Default for CandidateConfig {
+    fn default() -> Self {
+        Self {
+            in_batch: 256,
+            uniform: 256,
+        }
+    }
+}
+
+/// A batch on a device. `history` and `target` are `[B, T]` model ids (0 = none); `weight`
+/// `[B, T, 1]` is 1 where a target exists; `candidates` `[1, C]`; `log_q_candidates`
+/// `[1, 1, C]` and `log_q_target` `[B, T, 1]` the sampled-softmax corrections (0 for the
+/// exact softmax); `collides` `[B, T, C]` marks a candidate equal to the row's own target.
+#[derive(Debug, Clone)]
+pub struct TrainBatch {
+    pub history: Tensor<2, Int>,
+    pub target: Tensor<2, Int>,
+    pub weight: Tensor<3>,
+    pub candidates: Tensor<2, Int>,
+    pub log_q_candidates: Tensor<3>,
+    pub log_q_target: Tensor<3>,
+    pub collides: Tensor<3, Bool>,
+    /// Predictions (targets) in the batch.
+    pub predictions: usize,
+}
+
+/// A small deterministic generator for shuffles and candidate draws (splitmix64): CPU runs
+/// repeat exactly for a seed, and nothing here needs cryptographic strength (noise for
+/// privacy comes from `fedfuse-privacy`).
+#[derive(Debug, Clone)]
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0), by Lemire's multiply-shift (bias below 2⁻³²).
+    pub fn below(&mut self, n: usize) -> usize {
+        ((self.next_u64() >> 32).wrapping_mul(n as u64) >> 32) as usize
+    }
+
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = (self.next_u64() % (i as u64 + 1)) as usize;
+            v.swap(i, j);
+        }
+    }
+}
+
+/// Builds the batch of `windows` (items are data ids; the catalog has `n_items` items).
+pub fn batch(
+    sequences: &[Vec<u32>],
+    windows: &[Window],
+    n_items: usize,
+    candidates: CandidateConfig,
+    max_len: usize,
+    rng: &mut SplitMix,
+    device: &Device,
+) -> TrainBatch {
+    let b = windows.len();
+    let t = max_len;
+    let mut history = vec![crate::PAD; b * t];
+    let mut target = vec![crate::PAD; b * t];
+    let mut weight = vec![0f32; b * t];
+    let mut targets = Vec::new();
+    for (row, w) in windows.iter().enumerate() {
+        let seq = &sequences[w.shopper as usize];
+        let (start, end) = (w.start as usize, w.end as usize);
+        let n = end - start;
+        let offset = row * t + (t - n);
+        for (k, p) in (start..end).enumerate() {
+            history[offset + k] = i64::from(seq[p - 1]) + 1;
+            target[offset + k] = i64::from(seq[p]) + 1;
+            weight[offset + k] = 1.0;
+            targets.push(seq[p]);
+        }
+    }
+    let predictions = targets.len();
+    let exact = candidates.in_batch + candidates.uniform >= n_items || predictions == 0;
+    let (cands, log_q): (Vec<u32>, Vec<f32>) = if exact {
+        ((0..n_items as u32).collect(), vec![0.0; n_items])
+    } else {
+        let mut count = std::collections::HashMap::<u32, u32>::new();
+        targets.iter().for_each(|i| *count.entry(*i).or_default() += 1);
+        let expected = |i: u32| {
+            let c = f64::from(count.get(&i).copied().unwrap_or(0));
+            (candidates.in_batch as f64 * c / predictions as f64 + candidates.uniform as f64 / n_items as f64).ln() as f32
+        };
+        let mut drawn: Vec<u32> = (0..candidates.in_batch).map(|_| targets[rng.below(predictions)]).collect();
+        drawn.extend((0..candidates.uniform).map(|_| rng.below(n_items) as u32));
+        let log_q = drawn.iter().map(|i| expected(*i)).collect();
+        (drawn, log_q)
+    };
+    let log_q_target: Vec<f32> = if exact {
+        vec![0.0; b * t]
+    } else {
+        let mut count = std::collections::HashMap::<i64, u32>::new();
+        targets.iter().for_each(|i| *count.entry(i64::from(*i) + 1).or_default() += 1);
+        target
+            .iter()
+            .map(|m| match count.get(m) {
+                Some(c) if *m != crate::PAD => (candidates.in_batch as f64 * f64::from(*c) / predictions as f64
+                    + candidates.uniform as f64 / n_items as f64)
+                    .ln() as f32,
+                _ => 0.0,
+            })
+            .collect()
+    };
+    let c = cands.len();
+    let cand_model: Vec<i64> = cands.iter().map(|i| i64::from(*i) + 1).collect();
+    let target_t = Tensor::<2, Int>::from_data(TensorData::new(target, [b, t]), device);
+    let cand_t = Tensor::<2, Int>::from_data(TensorData::new(cand_model, [1, c]), device);
+    let collides = target_t
+        .clone()
+        .reshape([b, t, 1])
+        .expand([b, t, c])
+        .equal(cand_t.clone().reshape([1, 1, c]).expand([b, t, c]));
+    TrainBatch {
+        history: Tensor::from_data(TensorData::new(history, [b, t]), device),
+        target: target_t,
+        weight: Tensor::from_data(TensorData::new(weight, [b, t, 1]), device),
+        candidates: cand_t,
+        log_q_candidates: Tensor::from_data(TensorData::new(log_q, [1, 1, c]), device),
+        log_q_target: Tensor::from_data(TensorData::new(log_q_target, [b, t, 1]), device),
+        collides,
+        predictions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_cover_every_target_once() {
+        let seqs = vec![(0..12).collect::<Vec<u32>>(), vec![5], vec![1, 2]];
+        let w = windows(&seqs, 5);
+        assert_eq!(
+            w,
+            vec![
+                Window { shopper: 0, start: 7, end: 12 },
+                Window { shopper: 0, start: 2, end: 7 },
+                Window { shopper: 0, start: 1, end: 2 },
+                Window { shopper: 2, start: 1, end: 2 },
+            ]
+        );
+        let covered: usize = w.iter().map(|w| (w.end - w.start) as usize).sum();
+        assert_eq!(covered, 11 + 1);
+    }
+
+    #[test]
+    fn batch_aligns_inputs_and_targets_to_the_right() {
+        let device = Device::flex();
+        let seqs = vec![vec![3u32, 4, 5], vec![7, 8, 9, 1, 2]];
+        let w = windows(&seqs, 4);
+        let mut rng = SplitMix(1);
+        let b = batch(&seqs, &w, 10, CandidateConfig::default(), 4, &mut rng, &device);
+        let h: Vec<i64> = b.history.to_data().try_to_vec_as::<i64>().unwrap();
+        let t: Vec<i64> = b.target.to_data().try_to_vec_as::<i64>().unwrap();
+        // Model ids are data ids + 1.
+        assert_eq!(h, vec![0, 0, 4, 5, 8, 9, 10, 2]);
+        assert_eq!(t, vec![0, 0, 5, 6, 9, 10, 2, 3]);
+        assert_eq!(b.predictions, 6);
+        // 512 draws cover a 10-item catalog: the exact softmax over all of it.
+        assert_eq!(b.candidates.dims(), [1, 10]);
+        let collide: Vec<bool> = b.collides.to_data().try_to_vec::<bool>().unwrap();
+        // Row 0, position 2 has target model id 5 = catalog column 4.
+        assert!(collide[2 * 10 + 4] && collide.iter().filter(|c| **c).count() == 6);
+    }
+
+    #[test]
+    fn sampled_candidates_carry_their_expected_counts() {
+        let device = Device::flex();
+        let seqs = vec![vec![1u32, 2, 1, 2, 1, 2, 3]];
+        let w = windows(&seqs, 10);
+        let mut rng = SplitMix(9);
+        let cfg = CandidateConfig { in_batch: 4, uniform: 8 };
+        let b = batch(&seqs, &w, 1000, cfg, 10, &mut rng, &device);
+        assert_eq!(b.candidates.dims(), [1, 12]);
+        let c: Vec<i64> = b.candidates.to_data().try_to_vec_as::<i64>().unwrap();
+        let q: Vec<f32> = b.log_q_candidates.to_data().try_to_vec::<f32>().unwrap();
+        // Targets: 2,1,2,1,2,3 → item 2 (model 3) has share 3/6.
+        for (id, lq) in c.iter().zip(&q) {
+            let share = match id - 1 {
+                2 => 3.0 / 6.0,
+                1 => 2.0 / 6.0,
+                3 => 1.0 / 6.0,
+                _ => 0.0,
+            };
+            let want = (4.0 * share + 8.0 / 1000.0f64).ln() as f32;
+            assert!((lq - want).abs() < 1e-5, "{id}: {lq} vs {want}");
+        }
+        // The first four are in-batch draws: all are targets.
+        assert!(c[..4].iter().all(|id| [2, 3, 4].contains(id)), "{c:?}");
+    }
+}

@@ -1,0 +1,194 @@
+//! Per-shopper gradients from one backward pass against the oracle: each shopper's batch
+//! run alone through the ordinary model, one backward pass per shopper.
+
+use std::collections::HashMap;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor};
+use fedfuse_model::catalog::{CatalogTensors, ItemFeatures};
+use fedfuse_model::dpsgd::{DpSgdConfig, shopper_gradients, train_dp_sgd};
+use fedfuse_model::fused::{FusedConfig, FusedRecommender};
+use fedfuse_model::item_tower::ItemTowerConfig;
+use fedfuse_model::sequence::{EncoderKind, SequenceEncoderConfig};
+use fedfuse_model::train::{Objective, position_losses};
+use fedfuse_model::window::{CandidateConfig, SplitMix, TrainBatch, batch, windows};
+
+const ITEMS: usize = 12;
+
+fn features() -> ItemFeatures {
+    ItemFeatures {
+        category: (0..ITEMS as u32).map(|i| 1 + i % 3).collect(),
+        brand: (0..ITEMS as u32).map(|i| 1 + i % 4).collect(),
+        price_band: (0..ITEMS as u32).map(|i| 1 + i % 5).collect(),
+        title: (0..ITEMS as u32).map(|i| vec![1 + i % 6, 1 + (i * 7) % 9]).collect(),
+        genres: (0..ITEMS as u32).map(|i| vec![1 + i % 2]).collect(),
+    }
+}
+
+fn model(device: &Device) -> (FusedRecommender, CatalogTensors) {
+    device.seed(11);
+    let f = features();
+    let vocabulary = f.vocabulary(3);
+    let config = FusedConfig::new(
+        ItemTowerConfig::for_vocabulary(&vocabulary, 8),
+        SequenceEncoderConfig::new(8, 6).with_dropout(0.0),
+    )
+    .with_head(4);
+    (config.init(device), f.to_tensors(vocabulary, device))
+}
+
+/// Three shoppers; shopper 0 repeats an item (rows repeat within a shopper's gradient).
+fn sequences() -> Vec<Vec<u32>> {
+    vec![vec![0, 1, 2, 1, 3, 4], vec![5, 6, 7, 8], vec![9, 10, 11, 0, 2, 4, 6]]
+}
+
+fn sample_batch(device: &Device) -> TrainBatch {
+    let seqs = sequences();
+    let w = windows(&seqs, 6);
+    let last: Vec<_> = (0..3u32).map(|s| *w.iter().find(|x| x.shopper == s).unwrap()).collect();
+    let mut rng = SplitMix(5);
+    let candidates = CandidateConfig { in_batch: 0, uniform: 5 };
+    batch(&seqs, &last, ITEMS, candidates, 6, &mut rng, device)
+}
+
+#[derive(Default)]
+struct Grads<'a> {
+    grads: Option<&'a burn::tensor::Gradients>,
+    path: Vec<String>,
+    out: HashMap<String, Vec<f32>>,
+}
+
+impl ModuleVisitor for Grads<'_> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.into());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let g = param.val().grad(self.grads.unwrap()).map(|g| g.to_data().try_to_vec::<f32>().unwrap());
+        let n: usize = param.val().dims().iter().product();
+        self.out.insert(self.path.join("."), g.unwrap_or_else(|| vec![0.0; n]));
+    }
+}
+
+/// The oracle: shopper `b`'s gradient from its own row of the batch, alone.
+fn oracle(m: &FusedRecommender, catalog: &CatalogTensors, full: &TrainBatch, b: usize, objective: Objective) -> HashMap<String, Vec<f32>> {
+    let row = |t: Tensor<3>| t.narrow(0, b, 1);
+    let one = TrainBatch {
+        history: full.history.clone().narrow(0, b, 1),
+        target: full.target.clone().narrow(0, b, 1),
+        weight: row(full.weight.clone()),
+        candidates: full.candidates.clone(),
+        log_q_candidates: full.log_q_candidates.clone(),
+        log_q_target: row(full.log_q_target.clone()),
+        collides: full.collides.clone().narrow(0, b, 1),
+        predictions: 0,
+    };
+    let losses = position_losses(m, &one, catalog, objective);
+    let count = one.weight.clone().sum();
+    let loss = (losses * one.weight.clone()).sum() / count;
+    let grads = loss.backward();
+    let mut v = Grads {
+        grads: Some(&grads),
+        ..Default::default()
+    };
+    m.visit(&mut v);
+    v.out
+}
+
+fn norm(v: &[f32]) -> f64 {
+    v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt()
+}
+
+#[test]
+fn one_pass_per_shopper_gradients_equal_the_oracle() {
+    for objective in [Objective::SampledSoftmax, Objective::Bpr] {
+        let device = Device::flex().autodiff();
+        let (m, catalog) = model(&device);
+        let full = sample_batch(&device);
+        let g = shopper_gradients(&m, &catalog, &full, objective).unwrap();
+        assert_eq!(g.shoppers, 3);
+        let norms = g.norms();
+        let mut expected_sum: HashMap<String, Vec<f32>> = HashMap::new();
+        let clip = 0.5 * norms.iter().copied().fold(f64::INFINITY, f64::min);
+        for b in 0..3 {
+            let want = oracle(&m, &catalog, &full, b, objective);
+            let got = g.of_shopper(b);
+            assert_eq!(got.len(), want.len(), "every parameter has a gradient");
+            let mut total2 = 0.0;
+            for (path, w) in &want {
+                let x = got.get(path).unwrap_or_else(|| panic!("{path} missing"));
+                assert_eq!(x.len(), w.len(), "{path}");
+                let diff: Vec<f32> = x.iter().zip(w).map(|(a, b)| a - b).collect();
+                let scale = norm(w).max(1e-6);
+                assert!(norm(&diff) <= 1e-4 * scale, "{objective:?} shopper {b} {path}: |Δ| {} vs |g| {scale}", norm(&diff));
+                total2 += norm(w).powi(2);
+            }
+            let oracle_norm = total2.sqrt();
+            assert!((norms[b] - oracle_norm).abs() <= 1e-4 * oracle_norm, "shopper {b}: {} vs {oracle_norm}", norms[b]);
+            assert!(oracle_norm > 0.0);
+            let factor = (clip / oracle_norm).min(1.0) as f32;
+            for (path, w) in want {
+                let e = expected_sum.entry(path).or_insert_with(|| vec![0.0; w.len()]);
+                e.iter_mut().zip(&w).for_each(|(a, b)| *a += factor * b);
+            }
+        }
+        // The clipped sum, every shopper clipped to half the smallest norm.
+        let (sum, got_norms) = g.clipped_sum(clip);
+        assert_eq!(got_norms, norms);
+        for (path, w) in &expected_sum {
+            let x = &sum[path];
+            let diff: Vec<f32> = x.iter().zip(w).map(|(a, b)| a - b).collect();
+            assert!(norm(&diff) <= 1e-4 * norm(w).max(1e-6), "clipped sum {path}");
+        }
+        let total: f64 = sum.values().map(|v| norm(v).powi(2)).sum::<f64>().sqrt();
+        assert!(total <= 3.0 * clip * (1.0 + 1e-4), "three clipped gradients sum to at most 3C: {total}");
+    }
+}
+
+#[test]
+fn dp_sgd_refuses_the_lstm_and_bad_settings() {
+    let device = Device::flex().autodiff();
+    let f = features();
+    let vocabulary = f.vocabulary(3);
+    let lstm = FusedConfig::new(
+        ItemTowerConfig::for_vocabulary(&vocabulary, 8),
+        SequenceEncoderConfig::new(8, 6).with_kind(EncoderKind::Lstm),
+    )
+    .init(&device);
+    let catalog = f.to_tensors(vocabulary, &device);
+    let full = sample_batch(&device);
+    assert!(shopper_gradients(&lstm, &catalog, &full, Objective::SampledSoftmax).is_err());
+    let (m, catalog) = model(&device);
+    let bad = DpSgdConfig {
+        sampling_rate: 0.0,
+        ..DpSgdConfig::default()
+    };
+    assert!(train_dp_sgd(m, &catalog, &sequences(), &bad).is_err());
+}
+
+#[test]
+fn dp_sgd_steps_change_the_model_and_report_clipping() {
+    let device = Device::flex().autodiff();
+    let (m, catalog) = model(&device);
+    let before = fedfuse_model::params::export(&m);
+    let config = DpSgdConfig {
+        sampling_rate: 1.0,
+        noise_multiplier: 0.5,
+        clip_norm: 1e-3,
+        steps: 3,
+        max_len: 6,
+        negatives: 5,
+        ..DpSgdConfig::default()
+    };
+    let (m, report) = train_dp_sgd(m, &catalog, &sequences(), &config).unwrap();
+    assert_eq!(report.steps, 3);
+    assert_eq!(report.sampled, 9, "q = 1 samples every shopper every step");
+    assert_eq!(report.clipped_fraction, 1.0, "a clip of 1e-3 clips everyone");
+    let after = fedfuse_model::params::export(&m);
+    // Every parameter moved: noise reaches every coordinate, touched by a shopper or not.
+    for (a, b) in before.iter().zip(&after) {
+        assert_ne!(a.values, b.values, "{} unchanged", a.name);
+    }
+}
