@@ -13,15 +13,12 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use fedfuse_data::Dataset;
-use fedfuse_data::evaluate::{EvalAccumulator, Evaluation, Holdout, evaluate_into};
+use fedfuse_data::evaluate::Evaluation;
 use fedfuse_data::metrics::{MeanMetrics, MetricsReport};
 use fedfuse_data::source::DataSource;
 use fedfuse_data::split::{Split, SplitConfig};
-use fedfuse_model::catalog::ItemFeatures;
 use fedfuse_model::device::{self, DeviceChoice};
-use fedfuse_model::evaluate::FusedScorer;
-use fedfuse_model::fit::{ModelShape, fit};
+use fedfuse_model::fit::{DpPlan, DpSpend, Experiment, Grouping, ModelShape, Outcome, run_dp_experiment, run_experiment};
 use fedfuse_model::fused::BRANCHES;
 use fedfuse_model::sequence::EncoderKind;
 use fedfuse_model::train::{Objective, TrainConfig};
@@ -107,19 +104,26 @@ struct Cli {
     /// No progress bar or per-epoch lines.
     #[arg(long)]
     quiet: bool,
+    /// Train with user-level DP-SGD (one shopper = one privacy unit) to this ε for the whole
+    /// run, instead of early-stopped non-private training.
+    #[arg(long)]
+    target_epsilon: Option<f64>,
+    /// δ of the DP guarantee.
+    #[arg(long, default_value_t = 1e-4)]
+    delta: f64,
+    /// DP-SGD: expected shoppers per step (the sampling rate is this over the shoppers).
+    #[arg(long, default_value_t = 64.0)]
+    dp_batch: f64,
+    /// DP-SGD: passes over the shoppers.
+    #[arg(long, default_value_t = 20.0)]
+    dp_epochs: f64,
+    /// DP-SGD: per-shopper clip norm.
+    #[arg(long, default_value_t = 1.0)]
+    clip_norm: f64,
 }
 
 fn mean_metrics(m: &MeanMetrics) -> Value {
     json!({"hr10": m.mean.hit_rate, "ndcg10": m.mean.ndcg, "recall10": m.mean.recall, "precision10": m.mean.precision, "f1_10": m.mean.f1, "mrr": m.mean.mrr, "cases": m.cases})
-}
-
-/// One trained model (or one per store) and its test evaluation.
-struct Outcome {
-    test: Evaluation,
-    fusion_weights: Vec<Vec<f32>>,
-    best_epochs: Vec<usize>,
-    examples_per_second: f64,
-    train_seconds: f64,
 }
 
 fn summary(e: &Evaluation) -> Value {
@@ -161,7 +165,36 @@ fn main() -> anyhow::Result<()> {
         heads: 2,
         dropout: cli.dropout,
     };
+    let train = TrainConfig {
+        epochs: cli.epochs,
+        batch_size: cli.batch_size,
+        learning_rate: cli.lr,
+        warmup_steps: cli.warmup,
+        weight_decay: cli.weight_decay,
+        max_len: cli.max_len,
+        candidates: CandidateConfig {
+            in_batch: cli.in_batch,
+            uniform: cli.uniform,
+        },
+        objective: cli.loss,
+        progress: !cli.quiet,
+        ..TrainConfig::default()
+    };
+    let grouping = match cli.mode {
+        Mode::Pooled => Grouping::Pooled,
+        Mode::LocalOnly => Grouping::PerStore,
+    };
+    let plan = cli.target_epsilon.map(|e| DpPlan {
+        target_epsilon: e,
+        delta: cli.delta,
+        expected_batch: cli.dp_batch,
+        epochs: cli.dp_epochs,
+        clip_norm: cli.clip_norm,
+        learning_rate: cli.lr,
+        negatives: cli.uniform,
+    });
     let mut runs: Vec<(String, u64, Outcome)> = Vec::new();
+    let mut spends: Vec<DpSpend> = Vec::new();
     for branch in &cli.branches {
         let only = match branch.as_str() {
             "fused" => None,
@@ -172,8 +205,54 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("unknown branch {b:?}: use fused, cf, content, seq or mlp"))?,
             ),
         };
+        let experiment = Experiment {
+            dataset: &dataset,
+            split: &split,
+            device: base.clone(),
+            shape,
+            train: train.clone(),
+            patience: cli.patience,
+            only,
+            grouping,
+        };
         for &seed in &cli.seeds {
-            let outcome = run(&cli, &dataset, &split, &base, shape, only, seed)?;
+            let quiet = cli.quiet;
+            let outcome = match &plan {
+                None => run_experiment(&experiment, seed, |group, e| {
+                    if !quiet {
+                        eprintln!(
+                            "{group} epoch {:>3}  loss {:.4}  {:.0} examples/s  val HR@10 {:.4}  NDCG@10 {:.4}",
+                            e.train.epoch + 1,
+                            e.train.mean_loss,
+                            e.train.examples as f64 / e.train.seconds.max(1e-9),
+                            e.validation_hr10,
+                            e.validation_ndcg10
+                        );
+                    }
+                }),
+                Some(plan) => {
+                    let (outcome, spent) = run_dp_experiment(&experiment, plan, seed, |group, steps, hr| {
+                        if !quiet {
+                            eprintln!("{group} DP-SGD step {steps:>5}  val HR@10 {hr:.4}");
+                        }
+                    })
+                    .map_err(anyhow::Error::msg)?;
+                    for s in &spent {
+                        eprintln!(
+                            "DP-SGD: σ {:.4}, q {:.4}, {} steps → ε {:.3} (RDP) / {:.3} (PLD) at δ {}; {:.0}% of shoppers clipped",
+                            s.noise_multiplier,
+                            s.sampling_rate,
+                            s.steps,
+                            s.epsilon_rdp,
+                            s.epsilon_pld,
+                            cli.delta,
+                            100.0 * s.clipped_fraction
+                        );
+                    }
+                    spends.extend(spent);
+                    outcome
+                }
+            };
             print_table(&format!("{branch}, seed {seed}"), &outcome.test);
             runs.push((branch.clone(), seed, outcome));
         }
@@ -229,6 +308,12 @@ fn main() -> anyhow::Result<()> {
         },
         "full": mean_metrics(&e.full.overall),
         "sampled": mean_metrics(&e.sampled.overall),
+        "dp": plan.map(|p| json!({
+            "target_epsilon": p.target_epsilon, "delta": p.delta, "expected_batch": p.expected_batch,
+            "epochs": p.epochs, "clip_norm": p.clip_norm,
+            "runs": spends.iter().map(|s| json!({"noise_multiplier": s.noise_multiplier, "sampling_rate": s.sampling_rate,
+                "steps": s.steps, "epsilon_rdp": s.epsilon_rdp, "epsilon_pld": s.epsilon_pld, "clipped_fraction": s.clipped_fraction})).collect::<Vec<_>>(),
+        })),
         "train_examples_per_sec": head.examples_per_second,
         "train_seconds": head.train_seconds,
         "device": device_name,
@@ -265,127 +350,6 @@ fn worst_store(r: &MetricsReport) -> Option<(u16, MeanMetrics)> {
         .iter()
         .min_by(|a, b| a.1.mean.hit_rate.total_cmp(&b.1.mean.hit_rate))
         .map(|(s, m)| (*s, *m))
-}
-
-/// Trains (one model, or one per store) and evaluates on test.
-fn run(
-    cli: &Cli,
-    dataset: &Dataset,
-    split: &Split,
-    base: &burn::tensor::Device,
-    shape: ModelShape,
-    only: Option<usize>,
-    seed: u64,
-) -> anyhow::Result<Outcome> {
-    let features = ItemFeatures::from_catalog(&dataset.catalog);
-    let vocabulary = features.vocabulary(8);
-    let train_device = base.clone().autodiff();
-    let train_catalog = features.to_tensors(vocabulary, &train_device);
-    let eval_catalog = features.to_tensors(vocabulary, base);
-    let sequences = split.train_sequences();
-    let config = TrainConfig {
-        epochs: cli.epochs,
-        batch_size: cli.batch_size,
-        learning_rate: cli.lr,
-        warmup_steps: cli.warmup,
-        weight_decay: cli.weight_decay,
-        max_len: cli.max_len,
-        candidates: CandidateConfig {
-            in_batch: cli.in_batch,
-            uniform: cli.uniform,
-        },
-        objective: cli.loss,
-        seed,
-        progress: !cli.quiet,
-        ..TrainConfig::default()
-    };
-    // Groups of shoppers trained together: everyone, or each store alone.
-    let groups: Vec<Vec<u32>> = match cli.mode {
-        Mode::Pooled => vec![(0..dataset.shoppers.len() as u32).collect()],
-        Mode::LocalOnly => {
-            let mut g = vec![Vec::new(); dataset.stores.len()];
-            for (s, info) in dataset.shoppers.iter().enumerate() {
-                g[info.store as usize].push(s as u32);
-            }
-            g
-        }
-    };
-    let mut test = EvalAccumulator::default();
-    let (mut weights, mut best_epochs) = (Vec::new(), Vec::new());
-    let (mut examples, mut seconds, mut train_seconds) = (0.0, 0.0, 0.0);
-    for (g, shoppers) in groups.iter().enumerate() {
-        if shoppers.is_empty() {
-            continue;
-        }
-        let member: std::collections::HashSet<u32> = shoppers.iter().copied().collect();
-        let group_sequences: Vec<Vec<u32>> = sequences
-            .iter()
-            .enumerate()
-            .map(|(s, seq)| if member.contains(&(s as u32)) { seq.clone() } else { Vec::new() })
-            .collect();
-        let cases = |h: &[fedfuse_data::split::EvalCase]| -> Vec<usize> {
-            h.iter()
-                .enumerate()
-                .filter(|(_, c)| member.contains(&c.shopper))
-                .map(|(i, _)| i)
-                .collect()
-        };
-        let (validation_cases, test_cases) = (cases(&split.validation), cases(&split.test));
-        if test_cases.is_empty() {
-            continue;
-        }
-        base.seed(seed);
-        let mut model = shape.config(&vocabulary).init(&train_device);
-        model.only = only;
-        let label = if groups.len() > 1 {
-            format!("{}", dataset.stores.get(g).cloned().unwrap_or_default())
-        } else {
-            String::new()
-        };
-        let quiet = cli.quiet;
-        let fitted = fit(
-            model,
-            &train_catalog,
-            &eval_catalog,
-            &group_sequences,
-            split,
-            &validation_cases,
-            &config,
-            cli.patience,
-            |e| {
-                if !quiet {
-                    eprintln!(
-                        "{label} epoch {:>3}  loss {:.4}  {:.0} examples/s  val HR@10 {:.4}  NDCG@10 {:.4}",
-                        e.train.epoch + 1,
-                        e.train.mean_loss,
-                        e.train.examples as f64 / e.train.seconds.max(1e-9),
-                        e.validation_hr10,
-                        e.validation_ndcg10
-                    );
-                }
-            },
-        );
-        evaluate_into(
-            &mut FusedScorer::new(&fitted.model, &eval_catalog),
-            split,
-            Holdout::Test,
-            &test_cases,
-            256,
-            &mut test,
-        );
-        weights.push(fitted.model.fusion_weights());
-        best_epochs.push(fitted.best_epoch + 1);
-        examples += fitted.epochs.iter().map(|e| e.train.examples as f64).sum::<f64>();
-        seconds += fitted.epochs.iter().map(|e| e.train.seconds).sum::<f64>();
-        train_seconds += fitted.train_seconds;
-    }
-    Ok(Outcome {
-        test: test.finish(10),
-        fusion_weights: weights,
-        best_epochs,
-        examples_per_second: examples / seconds.max(1e-9),
-        train_seconds,
-    })
 }
 
 fn print_table(title: &str, e: &Evaluation) {

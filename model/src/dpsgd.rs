@@ -470,10 +470,23 @@ fn register(grads: &mut GradientsParams, id: ParamId, shape: &[usize], values: V
 /// noise multiplier `GridGaussian::noise_multiplier` reports — must be charged to the
 /// store's ledger *before* calling this; nothing here writes a ledger.
 pub fn train_dp_sgd(
+    model: FusedRecommender,
+    catalog: &CatalogTensors,
+    sequences: &[Vec<u32>],
+    config: &DpSgdConfig,
+) -> Result<(FusedRecommender, DpSgdReport), DpSgdError> {
+    train_dp_sgd_with(model, catalog, sequences, config, usize::MAX, |_, _| {})
+}
+
+/// As [`train_dp_sgd`], calling `every(report so far, model)` after every `every_steps` steps
+/// (for progress and evaluation; what it computes is the caller's to keep private).
+pub fn train_dp_sgd_with(
     mut model: FusedRecommender,
     catalog: &CatalogTensors,
     sequences: &[Vec<u32>],
     config: &DpSgdConfig,
+    every_steps: usize,
+    mut every: impl FnMut(&DpSgdReport, &FusedRecommender),
 ) -> Result<(FusedRecommender, DpSgdReport), DpSgdError> {
     if !(config.sampling_rate > 0.0 && config.sampling_rate <= 1.0) {
         return Err(DpSgdError::Invalid(format!("sampling rate {}", config.sampling_rate)));
@@ -503,7 +516,14 @@ pub fn train_dp_sgd(
     model.visit(&mut ids);
     let mut optim = AdamWConfig::new().with_weight_decay(config.weight_decay).init();
     let (mut sampled, mut clipped, mut loss_total, mut loss_count) = (0usize, 0usize, 0f64, 0usize);
-    for _ in 0..config.steps {
+    let report = |steps: usize, sampled: usize, clipped: usize, loss_total: f64, loss_count: usize| DpSgdReport {
+        steps,
+        sampled,
+        clipped_fraction: clipped as f64 / sampled.max(1) as f64,
+        mean_loss: loss_total / loss_count.max(1) as f64,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    for step in 0..config.steps {
         // Poisson sampling: every shopper independently with probability q.
         let mut batch_windows: Vec<Window> = Vec::new();
         for w in &by_shopper {
@@ -537,15 +557,10 @@ pub fn train_dp_sgd(
             register(&mut grads, *id, shape, v, &grad_device);
         }
         model = optim.step(config.learning_rate, model, grads);
+        if (step + 1) % every_steps.max(1) == 0 {
+            every(&report(step + 1, sampled, clipped, loss_total, loss_count), &model);
+        }
     }
-    Ok((
-        model,
-        DpSgdReport {
-            steps: config.steps,
-            sampled,
-            clipped_fraction: clipped as f64 / sampled.max(1) as f64,
-            mean_loss: loss_total / loss_count.max(1) as f64,
-            seconds: started.elapsed().as_secs_f64(),
-        },
-    ))
+    let done = report(config.steps, sampled, clipped, loss_total, loss_count);
+    Ok((model, done))
 }

@@ -3,10 +3,16 @@
 //! looked at here.
 
 use burn::prelude::*;
-use fedfuse_data::evaluate::{EvalAccumulator, Holdout, evaluate_into};
+use fedfuse_data::Dataset;
+use fedfuse_data::evaluate::{EvalAccumulator, Evaluation, Holdout, evaluate_into};
 use fedfuse_data::split::Split;
 
-use crate::catalog::{CatalogTensors, Vocabulary};
+use fedfuse_privacy::DpEvent;
+use fedfuse_privacy::noise::GridGaussian;
+use fedfuse_privacy::plan::{Accountant, noise_multiplier_for};
+
+use crate::catalog::{CatalogTensors, ItemFeatures, Vocabulary};
+use crate::dpsgd::{DpSgdConfig, train_dp_sgd_with};
 use crate::evaluate::FusedScorer;
 use crate::fused::{FusedConfig, FusedRecommender};
 use crate::item_tower::ItemTowerConfig;
@@ -129,4 +135,268 @@ pub fn fit(
         epochs,
         train_seconds: started.elapsed().as_secs_f64(),
     }
+}
+
+/// Who trains together in an experiment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grouping {
+    /// One model on every shopper.
+    Pooled,
+    /// One model per store, trained, validated and tested on that store's shoppers only.
+    PerStore,
+}
+
+/// An experiment: data, model and training settings.
+pub struct Experiment<'a> {
+    pub dataset: &'a Dataset,
+    pub split: &'a Split,
+    /// The plain device (training runs on its autodiff twin).
+    pub device: Device,
+    pub shape: ModelShape,
+    pub train: TrainConfig,
+    pub patience: usize,
+    /// Train and score with this branch alone.
+    pub only: Option<usize>,
+    pub grouping: Grouping,
+}
+
+/// A finished experiment: the test evaluation (over every group's shoppers) and how it went.
+pub struct Outcome {
+    pub test: Evaluation,
+    /// Per group.
+    pub fusion_weights: Vec<Vec<f32>>,
+    /// Per group, 1-based.
+    pub best_epochs: Vec<usize>,
+    pub examples_per_second: f64,
+    pub train_seconds: f64,
+}
+
+/// The shoppers of each group and their validation and test case indices.
+pub struct Group {
+    pub name: String,
+    pub sequences: Vec<Vec<u32>>,
+    pub validation_cases: Vec<usize>,
+    pub test_cases: Vec<usize>,
+}
+
+/// Splits the shoppers into groups. Sequences keep their shopper index (others are empty) so
+/// that the split's case indices stay valid.
+pub fn groups(dataset: &Dataset, split: &Split, grouping: Grouping) -> Vec<Group> {
+    let sequences = split.train_sequences();
+    let members: Vec<(String, Vec<bool>)> = match grouping {
+        Grouping::Pooled => vec![("all".into(), vec![true; dataset.shoppers.len()])],
+        Grouping::PerStore => dataset
+            .stores
+            .iter()
+            .enumerate()
+            .map(|(s, name)| {
+                (
+                    name.clone(),
+                    dataset.shoppers.iter().map(|i| i.store as usize == s).collect(),
+                )
+            })
+            .collect(),
+    };
+    members
+        .into_iter()
+        .map(|(name, member)| {
+            let is = |s: u32| member.get(s as usize).copied().unwrap_or(false);
+            let cases = |h: &[fedfuse_data::split::EvalCase]| -> Vec<usize> {
+                h.iter().enumerate().filter(|(_, c)| is(c.shopper)).map(|(i, _)| i).collect()
+            };
+            Group {
+                name,
+                sequences: sequences
+                    .iter()
+                    .enumerate()
+                    .map(|(s, seq)| if is(s as u32) { seq.clone() } else { Vec::new() })
+                    .collect(),
+                validation_cases: cases(&split.validation),
+                test_cases: cases(&split.test),
+            }
+        })
+        .filter(|g| !g.test_cases.is_empty())
+        .collect()
+}
+
+/// Runs `experiment` with `seed`: fits each group with early stopping and evaluates its best
+/// model on its test cases. `on_epoch(group, epoch)` sees every epoch.
+pub fn run_experiment(experiment: &Experiment, seed: u64, mut on_epoch: impl FnMut(&str, &FitEpoch)) -> Outcome {
+    let features = ItemFeatures::from_catalog(&experiment.dataset.catalog);
+    let vocabulary = features.vocabulary(TITLE_LEN);
+    let train_device = experiment.device.clone().autodiff();
+    let train_catalog = features.to_tensors(vocabulary, &train_device);
+    let eval_catalog = features.to_tensors(vocabulary, &experiment.device);
+    let config = TrainConfig {
+        seed,
+        ..experiment.train.clone()
+    };
+    let mut test = EvalAccumulator::default();
+    let (mut weights, mut best_epochs) = (Vec::new(), Vec::new());
+    let (mut examples, mut seconds, mut train_seconds) = (0.0, 0.0, 0.0);
+    for group in groups(experiment.dataset, experiment.split, experiment.grouping) {
+        experiment.device.seed(seed);
+        let mut model = experiment.shape.config(&vocabulary).init(&train_device);
+        model.only = experiment.only;
+        let fitted = fit(
+            model,
+            &train_catalog,
+            &eval_catalog,
+            &group.sequences,
+            experiment.split,
+            &group.validation_cases,
+            &config,
+            experiment.patience,
+            |e| on_epoch(&group.name, e),
+        );
+        evaluate_into(
+            &mut FusedScorer::new(&fitted.model, &eval_catalog),
+            experiment.split,
+            Holdout::Test,
+            &group.test_cases,
+            256,
+            &mut test,
+        );
+        weights.push(fitted.model.fusion_weights());
+        best_epochs.push(fitted.best_epoch + 1);
+        examples += fitted.epochs.iter().map(|e| e.train.examples as f64).sum::<f64>();
+        seconds += fitted.epochs.iter().map(|e| e.train.seconds).sum::<f64>();
+        train_seconds += fitted.train_seconds;
+    }
+    Outcome {
+        test: test.finish(10),
+        fusion_weights: weights,
+        best_epochs,
+        examples_per_second: examples / seconds.max(1e-9),
+        train_seconds,
+    }
+}
+
+/// Title tokens (and genres) kept per item.
+pub const TITLE_LEN: usize = 8;
+
+/// User-level DP for a whole training run: the budget and how the run spends it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DpPlan {
+    pub target_epsilon: f64,
+    pub delta: f64,
+    /// Expected shoppers per step (q = this / shoppers).
+    pub expected_batch: f64,
+    /// Passes over the shoppers: steps = epochs / q.
+    pub epochs: f64,
+    pub clip_norm: f64,
+    pub learning_rate: f64,
+    pub negatives: usize,
+}
+
+/// What a DP run spent, by both accountants, for the noise actually charged.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DpSpend {
+    pub noise_multiplier: f64,
+    pub sampling_rate: f64,
+    pub steps: usize,
+    pub epsilon_rdp: f64,
+    pub epsilon_pld: f64,
+    pub clipped_fraction: f64,
+}
+
+/// The DP-SGD settings that meet `plan` for a group of `shoppers` with a model of `dims`
+/// parameters: σ from the PLD accountant for the target, raised so that the multiplier
+/// charged after rounding to the noise grid is still that σ.
+pub fn plan_dp_sgd(plan: &DpPlan, shoppers: usize, dims: usize, max_len: usize) -> Result<(DpSgdConfig, DpSpend), String> {
+    let q = (plan.expected_batch / shoppers.max(1) as f64).min(1.0);
+    let steps = (plan.epochs / q).ceil().max(1.0) as usize;
+    let sigma = noise_multiplier_for(plan.target_epsilon, plan.delta, q, steps as u64, Accountant::Pld).map_err(|e| e.to_string())?;
+    let grid = fedfuse_privacy::noise::DEFAULT_GRID_EXPONENT;
+    let inflate = (plan.clip_norm + (dims as f64).sqrt() * 2f64.powi(grid)) / plan.clip_norm;
+    let config = DpSgdConfig {
+        sampling_rate: q,
+        noise_multiplier: sigma * inflate,
+        clip_norm: plan.clip_norm,
+        steps,
+        learning_rate: plan.learning_rate,
+        max_len,
+        negatives: plan.negatives,
+        grid_exponent: grid,
+        ..DpSgdConfig::default()
+    };
+    let charged = GridGaussian::new(config.noise_multiplier * config.clip_norm, grid)
+        .map_err(|e| e.to_string())?
+        .noise_multiplier(config.clip_norm, dims);
+    let event = DpEvent::dp_sgd(charged, q, steps as u64);
+    let spend = DpSpend {
+        noise_multiplier: charged,
+        sampling_rate: q,
+        steps,
+        epsilon_rdp: Accountant::Rdp.epsilon(&event, plan.delta).map_err(|e| e.to_string())?,
+        epsilon_pld: Accountant::Pld.epsilon(&event, plan.delta).map_err(|e| e.to_string())?,
+        clipped_fraction: 0.0,
+    };
+    Ok((config, spend))
+}
+
+/// Runs `experiment` with user-level DP-SGD under `plan` instead of early-stopped training: a
+/// fixed number of steps (validation is private data, so it may not pick the model), then the
+/// test evaluation. `on_epoch(group, steps, validation HR@10)` is for the operator's eyes.
+pub fn run_dp_experiment(
+    experiment: &Experiment,
+    plan: &DpPlan,
+    seed: u64,
+    mut on_epoch: impl FnMut(&str, usize, f64),
+) -> Result<(Outcome, Vec<DpSpend>), String> {
+    let features = ItemFeatures::from_catalog(&experiment.dataset.catalog);
+    let vocabulary = features.vocabulary(TITLE_LEN);
+    let train_device = experiment.device.clone().autodiff();
+    let train_catalog = features.to_tensors(vocabulary, &train_device);
+    let eval_catalog = features.to_tensors(vocabulary, &experiment.device);
+    let mut test = EvalAccumulator::default();
+    let (mut weights, mut spends) = (Vec::new(), Vec::new());
+    let (mut examples, mut train_seconds) = (0.0, 0.0);
+    for group in groups(experiment.dataset, experiment.split, experiment.grouping) {
+        experiment.device.seed(seed);
+        let mut model = experiment.shape.config(&vocabulary).init(&train_device);
+        model.only = experiment.only;
+        let shoppers = group.sequences.iter().filter(|s| s.len() > 1).count();
+        let dims = model.num_params();
+        let (config, mut spend) = plan_dp_sgd(plan, shoppers, dims, experiment.shape.max_len)?;
+        let per_epoch = (1.0 / config.sampling_rate).ceil() as usize;
+        let (model, report) = train_dp_sgd_with(model, &train_catalog, &group.sequences, &config, per_epoch, |r, m| {
+            let valid = m.valid();
+            let mut acc = EvalAccumulator::default();
+            evaluate_into(
+                &mut FusedScorer::new(&valid, &eval_catalog),
+                experiment.split,
+                Holdout::Validation,
+                &group.validation_cases,
+                256,
+                &mut acc,
+            );
+            on_epoch(&group.name, r.steps, acc.finish(10).full.overall.mean.hit_rate);
+        })
+        .map_err(|e| e.to_string())?;
+        let model = model.valid();
+        evaluate_into(
+            &mut FusedScorer::new(&model, &eval_catalog),
+            experiment.split,
+            Holdout::Test,
+            &group.test_cases,
+            256,
+            &mut test,
+        );
+        spend.clipped_fraction = report.clipped_fraction;
+        spends.push(spend);
+        weights.push(model.fusion_weights());
+        examples += report.sampled as f64;
+        train_seconds += report.seconds;
+    }
+    Ok((
+        Outcome {
+            test: test.finish(10),
+            fusion_weights: weights,
+            best_epochs: Vec::new(),
+            examples_per_second: examples / train_seconds.max(1e-9),
+            train_seconds,
+        },
+        spends,
+    ))
 }

@@ -11,8 +11,10 @@
 //! - [`window`]: training windows and batches with sampled candidates;
 //! - [`train`]: next-item training at every position, sampled softmax (log-q corrected) or BPR;
 //! - [`evaluate`]: the model as a scorer for the evaluation protocol, per branch;
+//! - [`finetune`]: the platform's fine-tuning of the fusion on its own data;
 //! - [`fit`]: training with early stopping on validation, as experiments run it;
 //! - [`dpsgd`]: user-level DP-SGD with per-shopper gradients from one backward pass;
+//! - [`recommend`]: top-K with an optional search query and per-item explanations;
 //! - [`params`]: the model as named f32 tensors, for federated averaging and export.
 //!
 //! Shoppers are represented only by their item history: no parameter belongs to a shopper, so
@@ -24,10 +26,12 @@ pub mod dense;
 pub mod device;
 pub mod dpsgd;
 pub mod evaluate;
+pub mod finetune;
 pub mod fit;
 pub mod fused;
 pub mod item_tower;
 pub mod params;
+pub mod recommend;
 pub mod sequence;
 pub mod train;
 pub mod window;

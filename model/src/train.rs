@@ -48,6 +48,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Show a progress bar (loss, examples/s, ETA) on stderr.
     pub progress: bool,
+    /// Train only parameters whose path starts with one of these (all when empty): the
+    /// platform fine-tunes the fusion weights and head this way.
+    pub trainable: Vec<String>,
 }
 
 impl Default for TrainConfig {
@@ -64,6 +67,7 @@ impl Default for TrainConfig {
             objective: Objective::SampledSoftmax,
             seed: 7,
             progress: false,
+            trainable: Vec::new(),
         }
     }
 }
@@ -110,6 +114,39 @@ pub fn objective_loss(
     }
 }
 
+/// The ids of the parameters under `prefixes` (`None`: train everything).
+fn trainable_ids(model: &FusedRecommender, prefixes: &[String]) -> Option<Vec<burn::module::ParamId>> {
+    struct Ids<'a> {
+        prefixes: &'a [String],
+        path: Vec<String>,
+        out: Vec<burn::module::ParamId>,
+    }
+    impl burn::module::ModuleVisitor for Ids<'_> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_owned());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            let path = self.path.join(".");
+            if self.prefixes.iter().any(|p| path.starts_with(p.as_str())) {
+                self.out.push(param.id);
+            }
+        }
+    }
+    if prefixes.is_empty() {
+        return None;
+    }
+    let mut ids = Ids {
+        prefixes,
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    model.visit(&mut ids);
+    Some(ids.out)
+}
+
 /// What an epoch did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EpochReport {
@@ -142,6 +179,7 @@ pub fn train(
         .init()
         .expect("a learning rate in (0, 1]");
     let mut rng = SplitMix(config.seed);
+    let trainable = trainable_ids(&model, &config.trainable);
     let mut reports = Vec::new();
     let mut step = 0usize;
     let bar = if config.progress {
@@ -169,7 +207,11 @@ pub fn train(
             let value = f64::from(l.clone().into_scalar::<f32>());
             total += value * b.predictions as f64;
             examples += b.predictions;
-            let grads = GradientsParams::from_grads(l.backward(), &model);
+            let mut raw = l.backward();
+            let grads = match &trainable {
+                None => GradientsParams::from_grads(raw, &model),
+                Some(ids) => GradientsParams::from_params(&mut raw, &model, ids),
+            };
             let lr = if step < warmup {
                 config.learning_rate * (step + 1) as f64 / warmup as f64
             } else {
