@@ -48,6 +48,7 @@ impl LocalTrainer for TowardTarget {
             delta,
             example_count: self.examples,
             metrics: vec![],
+            privacy_spend: None,
         })
     }
 }

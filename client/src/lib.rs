@@ -7,6 +7,7 @@
 //! serves the burn trainer, tests and benchmarks.
 
 pub mod privacy;
+pub mod trainer;
 
 use std::time::Duration;
 
@@ -19,16 +20,24 @@ use fedfuse_transport::{PeerConnection, TransportError};
 pub type TensorShape = (String, Vec<u32>);
 
 /// What local training produced: the delta (trained minus offered parameters, flat, in the
-/// model's tensor order), how many examples it saw, and metrics to report.
+/// model's tensor order), how many examples it saw, and metrics to report. A trainer that ran
+/// user-level DP-SGD reports what it charged to the store's ledger in `privacy_spend`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalUpdate {
     pub delta: Vec<f32>,
     pub example_count: u64,
     pub metrics: Vec<Metric>,
+    pub privacy_spend: Option<fedfuse_protocol::msgs::PrivacySpend>,
 }
 
 /// The store's training, on the store's data.
 pub trait LocalTrainer: Send {
+    /// Why this store will not train round `round_id` (its privacy budget is spent, say), or
+    /// `None`. Asked before every round; a refusing store says goodbye with the reason.
+    fn refuses(&self, _round_id: u64, _plan: &TrainingPlan) -> Option<String> {
+        None
+    }
+
     fn train(
         &mut self,
         round_id: u64,
@@ -122,6 +131,13 @@ pub async fn run_private_session(
                 let tensors = decode_model_blob(&blob).map_err(|e| AgentError::BadModel(e.to_string()))?;
                 let shapes: Vec<TensorShape> = tensors.iter().map(|(t, _)| (t.name.clone(), t.shape.clone())).collect();
                 let params: Vec<f32> = tensors.into_iter().flat_map(|(_, v)| v).collect();
+                if let Some(reason) = trainer.refuses(offer.round_id, &offer.plan) {
+                    tracing::warn!(%reason, "not training");
+                    let _ = conn.send(&Message::Bye(Bye { reason: reason.clone() })).await;
+                    conn.close_gracefully("not training", Duration::from_secs(1)).await;
+                    report.refused = Some(reason);
+                    return Ok(report);
+                }
                 if let Some(guard) = guard.as_deref() {
                     match guard.check(offer.round_id, &offer.plan, params.len()) {
                         Ok(()) => {}
@@ -147,7 +163,7 @@ pub async fn run_private_session(
                 report.last_model_version = Some(offer.model.version);
                 let spend = match guard.as_deref_mut() {
                     Some(guard) => Some(guard.privatize(offer.round_id, &offer.plan, &mut update.delta)?),
-                    None => None,
+                    None => update.privacy_spend.take(),
                 };
                 let mut upload = encode_update(&offer, &shapes, update, opts.rounding_seed)?;
                 upload.privacy_spend = spend;

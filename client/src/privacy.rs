@@ -87,6 +87,40 @@ impl StorePrivacy {
         Ok(())
     }
 
+    /// The release of `steps` user-level DP-SGD steps (Poisson rate `q`, charged noise
+    /// multiplier `noise_multiplier`, per-shopper clip `clip_norm`) in `round`.
+    pub fn dp_sgd_release(&self, round: u64, noise_multiplier: f64, q: f64, steps: u64, clip_norm: f64) -> Release {
+        Release {
+            store: self.store.clone(),
+            round,
+            unit: PrivacyUnit::Shopper,
+            mechanism: Mechanism::DpSgd,
+            noise_mode: NoiseMode::Local,
+            noise_multiplier,
+            sampling_probability: q,
+            steps,
+            clip_norm,
+        }
+    }
+
+    /// Whether `release` still fits the budget (nothing is written).
+    pub fn check_release(&self, release: &Release) -> Result<(), PrivacyError> {
+        self.ledger.preview(release, &self.policy.budget)?;
+        Ok(())
+    }
+
+    /// Charges `release` to the ledger and fsyncs it, *before* the training whose output it
+    /// covers may leave the store; refuses (writing nothing) when it would pass the budget.
+    pub fn charge_release(&mut self, release: Release) -> Result<PrivacySpend, PrivacyError> {
+        let entry = self.ledger.charge(release, &self.policy.budget)?;
+        Ok(spend_of(&entry))
+    }
+
+    /// The store's policy.
+    pub fn policy(&self) -> &StorePrivacyPolicy {
+        &self.policy
+    }
+
     /// Clips `delta`, charges the ledger (durably), then noises `delta` in place.
     pub fn privatize(&mut self, round: u64, plan: &TrainingPlan, delta: &mut [f32]) -> Result<PrivacySpend, PrivacyError> {
         let (release, noise) = self.release(round, plan, delta.len())?;
@@ -94,18 +128,23 @@ impl StorePrivacy {
         // `charge` checks the budget itself and writes nothing when it refuses.
         let entry = self.ledger.charge(release, &self.policy.budget)?;
         noise.add(delta)?;
-        let mut ledger_entry_hash = [0u8; 32];
-        for (i, byte) in ledger_entry_hash.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&entry.hash[2 * i..2 * i + 2], 16).unwrap_or(0);
-        }
-        Ok(PrivacySpend {
-            noise_multiplier: entry.release.noise_multiplier,
-            sampling_rate: entry.release.sampling_probability,
-            steps: entry.release.steps as u32,
-            clip_norm: entry.release.clip_norm,
-            delta: entry.delta,
-            epsilon_total: entry.spent_after.claimed(),
-            ledger_entry_hash,
-        })
+        Ok(spend_of(&entry))
+    }
+}
+
+/// What the aggregator is told of a ledger entry (its mirror of the store's ledger head).
+fn spend_of(entry: &fedfuse_privacy::LedgerEntry) -> PrivacySpend {
+    let mut ledger_entry_hash = [0u8; 32];
+    for (i, byte) in ledger_entry_hash.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&entry.hash[2 * i..2 * i + 2], 16).unwrap_or(0);
+    }
+    PrivacySpend {
+        noise_multiplier: entry.release.noise_multiplier,
+        sampling_rate: entry.release.sampling_probability,
+        steps: entry.release.steps as u32,
+        clip_norm: entry.release.clip_norm,
+        delta: entry.delta,
+        epsilon_total: entry.spent_after.claimed(),
+        ledger_entry_hash,
     }
 }

@@ -3,7 +3,7 @@
 //! a cosine schedule with linear warm-up.
 
 use burn::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softplus};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -160,7 +160,21 @@ pub struct EpochReport {
 /// Trains `model` (on an autodiff device) for `config.epochs`, calling `after_epoch` after
 /// each; it returns `false` to stop early.
 pub fn train(
+    model: FusedRecommender,
+    catalog: &CatalogTensors,
+    sequences: &[Vec<u32>],
+    config: &TrainConfig,
+    after_epoch: impl FnMut(&EpochReport, &FusedRecommender) -> bool,
+) -> (FusedRecommender, Vec<EpochReport>) {
+    let mut optim = AdamWConfig::new().with_weight_decay(config.weight_decay).init();
+    train_with(model, &mut optim, catalog, sequences, config, after_epoch)
+}
+
+/// As [`train`], with the caller's optimiser, whose state (keyed by parameter id) carries over
+/// between calls: a store keeps its AdamW moments from round to round this way.
+pub fn train_with(
     mut model: FusedRecommender,
+    optim: &mut ModuleOptimizer,
     catalog: &CatalogTensors,
     sequences: &[Vec<u32>],
     config: &TrainConfig,
@@ -172,7 +186,6 @@ pub fn train(
     let batch_size = config.batch_size.max(1);
     let steps_per_epoch = all.len().div_ceil(batch_size).max(1);
     let total_steps = steps_per_epoch * config.epochs.max(1);
-    let mut optim = AdamWConfig::new().with_weight_decay(config.weight_decay).init();
     let warmup = config.warmup_steps.min(total_steps / 2);
     let mut schedule = CosineAnnealingLrSchedulerConfig::new(config.learning_rate, (total_steps - warmup).max(1))
         .with_min_lr(config.min_learning_rate)

@@ -5,12 +5,14 @@
 //! - [`layout`], [`validate`]: the global model's tensors, and the checks an update must pass.
 //! - [`aggregate`]: streaming aggregation rules and server optimisers.
 //! - [`service`]: the async driver: QUIC sessions in, coordinator actions out, commits persisted.
+//! - [`fine_tune`]: the platform's fine-tuning of the fused model on its own shoppers.
 //! - [`safetensors`]: model import and export for PyTorch users.
 //! - [`state`]: the embedded database and model blobs, for crash-safe resumption.
 //! - [`round`]: the [`round::RoundCoordinator`] state machine: events in, actions out, no I/O.
 
 pub mod aggregate;
 pub mod config;
+pub mod fine_tune;
 pub mod layout;
 pub mod pki;
 pub mod round;

@@ -29,7 +29,7 @@ pub enum ServiceError {
     State(#[from] StateError),
     #[error("a new federation needs a starting model (layout and parameters)")]
     NoModel,
-    #[error("server-side fine-tuning needs the model crate, which is not built yet; set fine_tune = false")]
+    #[error("[round] fine_tune = true, but no fine-tuner was given (configure [fine_tune])")]
     FineTuneUnavailable,
 }
 
@@ -45,6 +45,20 @@ pub struct ServiceOptions {
     pub tick: Duration,
 }
 
+/// What fine-tuning produced: the parameters to publish (the input again when tuning did not
+/// help) and metrics to record with the round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FineTuned {
+    pub params: Vec<f32>,
+    pub metrics: Vec<(String, f64)>,
+}
+
+/// The platform's fine-tuning of each aggregated model on data it owns. Runs on a blocking
+/// thread; an error keeps the aggregated model.
+pub trait FineTuner: Send + 'static {
+    fn fine_tune(&mut self, version: u64, layout: &ModelLayout, params: &[f32]) -> Result<FineTuned, String>;
+}
+
 /// What a finished (or stopped) service reports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceReport {
@@ -54,6 +68,8 @@ pub struct ServiceReport {
     pub rounds: Vec<RoundRecord>,
     pub rejected: Vec<(StoreId, u64, RejectionReason)>,
     pub failed_rounds: Vec<(u64, String)>,
+    /// Per fine-tuned round: its metrics.
+    pub fine_tuning: Vec<(u64, Vec<(String, f64)>)>,
 }
 
 enum Outbound {
@@ -63,8 +79,12 @@ enum Outbound {
 }
 
 enum Inbound {
-    Register(StoreId, mpsc::UnboundedSender<Outbound>),
+    Register(StoreId, u64, mpsc::UnboundedSender<Outbound>),
+    /// A session ended; forwarded as `Event::Gone` only if it is still the store's current
+    /// one (a store that reconnected must not lose its new session to the old one's end).
+    Ended(StoreId, u64),
     Event(Event),
+    FineTuned(u64, u64, Result<FineTuned, String>),
 }
 
 fn unix_ms() -> u64 {
@@ -80,11 +100,24 @@ pub async fn run_aggregator(
     state: AggregatorState,
     initial: Option<(ModelLayout, Vec<f32>)>,
     opts: ServiceOptions,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<ServiceReport, ServiceError> {
-    if opts.policy.fine_tune {
+    run_aggregator_with(endpoint, state, initial, opts, shutdown, None).await
+}
+
+/// As [`run_aggregator`], with the platform's fine-tuner (needed when the policy fine-tunes).
+pub async fn run_aggregator_with(
+    endpoint: Arc<AggregatorEndpoint>,
+    state: AggregatorState,
+    initial: Option<(ModelLayout, Vec<f32>)>,
+    opts: ServiceOptions,
+    mut shutdown: watch::Receiver<bool>,
+    fine_tuner: Option<Box<dyn FineTuner>>,
+) -> Result<ServiceReport, ServiceError> {
+    if opts.policy.fine_tune && fine_tuner.is_none() {
         return Err(ServiceError::FineTuneUnavailable);
     }
+    let fine_tuner = fine_tuner.map(|f| Arc::new(std::sync::Mutex::new(f)));
     let (mut snapshot, next_round) = match state.committed()? {
         Some(c) => (state.load(&c)?, c.next_round),
         None => {
@@ -125,8 +158,9 @@ pub async fn run_aggregator(
         rounds: Vec::new(),
         rejected: Vec::new(),
         failed_rounds: Vec::new(),
+        fine_tuning: Vec::new(),
     };
-    let mut sessions: HashMap<StoreId, mpsc::UnboundedSender<Outbound>> = HashMap::new();
+    let mut sessions: HashMap<StoreId, (u64, mpsc::UnboundedSender<Outbound>)> = HashMap::new();
     // Spends reported with updates, recorded once the coordinator accepts them.
     let mut spends: HashMap<(StoreId, u64), fedfuse_protocol::msgs::PrivacySpend> = HashMap::new();
     let mut blob = Arc::new(std::mem::take(&mut snapshot.blob));
@@ -153,7 +187,7 @@ pub async fn run_aggregator(
                         plan: opts.plan.clone(),
                         deadline_unix_ms: deadline_ms,
                     };
-                    if let Some(tx) = sessions.get(&store) {
+                    if let Some((_, tx)) = sessions.get(&store) {
                         let _ = tx.send(Outbound::Offer(offer, blob.clone()));
                     }
                 }
@@ -163,7 +197,7 @@ pub async fn run_aggregator(
                     updates_in_round,
                 } => {
                     state.record_update(&store, round_id, spends.remove(&(store.clone(), round_id)).as_ref())?;
-                    if let Some(tx) = sessions.get(&store) {
+                    if let Some((_, tx)) = sessions.get(&store) {
                         let _ = tx.send(Outbound::Message(Message::UpdateAccepted(UpdateAccepted {
                             round_id,
                             updates_in_round,
@@ -172,7 +206,7 @@ pub async fn run_aggregator(
                 }
                 Action::Rejected { store, round_id, reason } => {
                     tracing::warn!(%store, round_id, %reason, "update rejected");
-                    if let Some(tx) = sessions.get(&store) {
+                    if let Some((_, tx)) = sessions.get(&store) {
                         let _ = tx.send(Outbound::Message(Message::UpdateRejected(UpdateRejected {
                             round_id,
                             reason: reason.clone(),
@@ -190,7 +224,26 @@ pub async fn run_aggregator(
                     blob = Arc::new(std::mem::take(&mut snapshot.blob));
                     tracing::info!(round_id, version, updates, "round committed");
                 }
-                Action::FineTune { .. } => return Err(ServiceError::FineTuneUnavailable),
+                Action::FineTune {
+                    round_id,
+                    version,
+                    params,
+                } => {
+                    let tuner = fine_tuner.clone().ok_or(ServiceError::FineTuneUnavailable)?;
+                    let layout = snapshot.layout.clone();
+                    let done = inbound_tx.clone();
+                    tracing::info!(round_id, version, "fine-tuning");
+                    tokio::task::spawn_blocking(move || {
+                        let result = match tuner.lock() {
+                            Ok(mut t) => t.fine_tune(version, &layout, &params),
+                            Err(_) => Err("the fine-tuner panicked before".into()),
+                        };
+                        let result = result.map(|r| if r.params.len() == params.len() { r } else {
+                            FineTuned { params: params.to_vec(), metrics: vec![] }
+                        });
+                        let _ = done.send(Inbound::FineTuned(round_id, version, result));
+                    });
+                }
                 Action::RoundFailed { round_id, reason } => {
                     tracing::warn!(round_id, %reason, "round failed");
                     report.failed_rounds.push((round_id, reason));
@@ -203,13 +256,31 @@ pub async fn run_aggregator(
         }
         tokio::select! {
             msg = inbound_rx.recv() => match msg {
-                Some(Inbound::Register(store, tx)) => {
-                    sessions.insert(store, tx);
+                Some(Inbound::Register(store, id, tx)) => {
+                    sessions.insert(store, (id, tx));
+                }
+                Some(Inbound::Ended(store, id)) => {
+                    if sessions.get(&store).is_some_and(|(current, _)| *current == id) {
+                        sessions.remove(&store);
+                        pending = coordinator.handle(Event::Gone { store });
+                    }
+                }
+                Some(Inbound::FineTuned(round_id, version, result)) => {
+                    let params = match result {
+                        Ok(t) => {
+                            tracing::info!(round_id, version, metrics = ?t.metrics, "fine-tuned");
+                            state.record_round_metrics(round_id, &t.metrics)?;
+                            report.fine_tuning.push((round_id, t.metrics));
+                            Arc::new(t.params)
+                        }
+                        Err(e) => {
+                            tracing::warn!(round_id, version, error = %e, "fine-tuning failed; publishing the aggregate");
+                            Arc::new(coordinator.params().to_vec())
+                        }
+                    };
+                    pending = coordinator.handle(Event::FineTuned { version, params });
                 }
                 Some(Inbound::Event(event)) => {
-                    if let Event::Gone { store } = &event {
-                        sessions.remove(store);
-                    }
                     if let Event::Update { store, upload } = &event
                         && let Some(spend) = &upload.privacy_spend
                     {
@@ -223,7 +294,7 @@ pub async fn run_aggregator(
             _ = shutdown.changed() => break,
         }
     }
-    for tx in sessions.values() {
+    for (_, tx) in sessions.values() {
         let _ = tx.send(Outbound::Bye);
     }
     // Give the stores a moment to read their goodbyes before the endpoint goes.
@@ -237,7 +308,10 @@ pub async fn run_aggregator(
     Ok(report)
 }
 
+static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 async fn session(conn: PeerConnection, inbound: mpsc::UnboundedSender<Inbound>, caps: Capabilities) {
+    let session_id = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let conn = Arc::new(conn);
     let store = conn.peer_id().to_owned();
     let hello = match conn.recv().await {
@@ -274,7 +348,7 @@ async fn session(conn: PeerConnection, inbound: mpsc::UnboundedSender<Inbound>, 
         return;
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let _ = inbound.send(Inbound::Register(store.clone(), tx.clone()));
+    let _ = inbound.send(Inbound::Register(store.clone(), session_id, tx.clone()));
     let _ = inbound.send(Inbound::Event(Event::Connected { store: store.clone() }));
     let writer = {
         let conn = conn.clone();
@@ -328,7 +402,7 @@ async fn session(conn: PeerConnection, inbound: mpsc::UnboundedSender<Inbound>, 
             }
         }
     }
-    let _ = inbound.send(Inbound::Event(Event::Gone { store }));
+    let _ = inbound.send(Inbound::Ended(store, session_id));
     writer.abort();
     conn.close("session over");
 }

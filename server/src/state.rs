@@ -19,6 +19,7 @@ use crate::pki::write_atomic;
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const ROUNDS: TableDefinition<u64, &[u8]> = TableDefinition::new("rounds");
 const STORES: TableDefinition<&str, &[u8]> = TableDefinition::new("stores");
+const ROUND_METRICS: TableDefinition<u64, &[u8]> = TableDefinition::new("round_metrics");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -67,6 +68,9 @@ pub struct RoundRecord {
     pub updates: usize,
     pub content_hash: [u8; 32],
     pub unix_ms: u64,
+    /// Measurements recorded with the round (fine-tuning's validation gain).
+    #[serde(default)]
+    pub metrics: Vec<(String, f64)>,
 }
 
 pub struct AggregatorState {
@@ -129,6 +133,7 @@ impl AggregatorState {
             db!(w.open_table(META))?;
             db!(w.open_table(ROUNDS))?;
             db!(w.open_table(STORES))?;
+            db!(w.open_table(ROUND_METRICS))?;
         }
         db!(w.commit())?;
         Ok(Self { dir: dir.to_owned(), db })
@@ -199,6 +204,7 @@ impl AggregatorState {
             unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
+            metrics: Vec::new(),
         };
         let w = db!(self.db.begin_write())?;
         {
@@ -244,6 +250,18 @@ impl AggregatorState {
         Ok(())
     }
 
+    /// Adds `metrics` to round `round_id`'s record (the round may commit later: the
+    /// metrics wait in their own entry until then).
+    pub fn record_round_metrics(&self, round_id: u64, metrics: &[(String, f64)]) -> Result<(), StateError> {
+        let w = db!(self.db.begin_write())?;
+        {
+            let mut t = db!(w.open_table(ROUND_METRICS))?;
+            db!(t.insert(round_id, serde_json::to_vec(metrics).expect("serialises").as_slice()))?;
+        }
+        db!(w.commit())?;
+        Ok(())
+    }
+
     pub fn stores(&self) -> Result<Vec<(String, StoreRecord)>, StateError> {
         let r = db!(self.db.begin_read())?;
         let t = db!(r.open_table(STORES))?;
@@ -264,7 +282,13 @@ impl AggregatorState {
         let mut out = Vec::new();
         for item in db!(t.iter())? {
             let (_, v) = db!(item)?;
-            out.push(serde_json::from_slice(v.value()).map_err(|e| StateError::Corrupt(e.to_string()))?);
+            out.push(serde_json::from_slice::<RoundRecord>(v.value()).map_err(|e| StateError::Corrupt(e.to_string()))?);
+        }
+        let m = db!(r.open_table(ROUND_METRICS))?;
+        for record in &mut out {
+            if let Some(v) = db!(m.get(record.round_id))? {
+                record.metrics = serde_json::from_slice(v.value()).map_err(|e| StateError::Corrupt(e.to_string()))?;
+            }
         }
         Ok(out)
     }

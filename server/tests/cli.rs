@@ -114,6 +114,7 @@ mod federation {
                 delta: params.iter().map(|p| self.0 - p).collect(),
                 example_count: 1,
                 metrics: vec![],
+                privacy_spend: None,
             })
         }
     }

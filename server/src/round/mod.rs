@@ -48,7 +48,8 @@ pub enum Event {
     Tick {
         now_ms: u64,
     },
-    /// Server-side fine-tuning of `version` finished with these parameters.
+    /// Server-side fine-tuning of `version` finished with these parameters (the aggregated
+    /// ones again when fine-tuning failed or did not help).
     FineTuned {
         version: u64,
         params: Arc<Vec<f32>>,
@@ -81,8 +82,10 @@ pub enum Action {
         params: Arc<Vec<f32>>,
         updates: usize,
     },
-    /// Fine-tune `version` on platform data, then send `Event::FineTuned`.
+    /// Fine-tune the aggregated model `version` on platform data, then send
+    /// `Event::FineTuned`; the round commits (with the tuned parameters) only then.
     FineTune {
+        round_id: u64,
         version: u64,
         params: Arc<Vec<f32>>,
     },
@@ -105,7 +108,7 @@ struct OpenRound {
 enum Phase {
     Idle,
     Collecting(OpenRound),
-    FineTuning { version: u64 },
+    FineTuning { round_id: u64, version: u64, updates: usize },
     Finished,
 }
 
@@ -174,9 +177,25 @@ impl RoundCoordinator {
             Event::Update { store, upload } => self.on_update(store, upload, &mut out),
             Event::Tick { now_ms } => self.now_ms = self.now_ms.max(now_ms),
             Event::FineTuned { version, params } => {
-                if matches!(self.phase, Phase::FineTuning { version: v } if v == version) && params.len() == self.params.len() {
-                    self.params = params.as_ref().clone();
+                if let Phase::FineTuning {
+                    round_id,
+                    version: v,
+                    updates,
+                } = self.phase
+                    && v == version
+                {
+                    // A tuned model of the wrong size is ignored: the aggregate commits as is.
+                    if params.len() == self.params.len() {
+                        self.params = params.as_ref().clone();
+                    }
                     self.phase = Phase::Idle;
+                    self.committed += 1;
+                    out.push(Action::Commit {
+                        round_id,
+                        version,
+                        params: Arc::new(self.params.clone()),
+                        updates,
+                    });
                 }
             }
         }
@@ -334,19 +353,25 @@ impl RoundCoordinator {
             Ok(delta) => {
                 self.optimizer.step(&mut self.params, &delta);
                 self.version += 1;
-                self.committed += 1;
                 let params = Arc::new(self.params.clone());
-                out.push(Action::Commit {
-                    round_id: round.id,
-                    version: self.version,
-                    params: params.clone(),
-                    updates,
-                });
                 if self.policy.fine_tune {
-                    self.phase = Phase::FineTuning { version: self.version };
+                    self.phase = Phase::FineTuning {
+                        round_id: round.id,
+                        version: self.version,
+                        updates,
+                    };
                     out.push(Action::FineTune {
+                        round_id: round.id,
                         version: self.version,
                         params,
+                    });
+                } else {
+                    self.committed += 1;
+                    out.push(Action::Commit {
+                        round_id: round.id,
+                        version: self.version,
+                        params,
+                        updates,
                     });
                 }
             }

@@ -1,0 +1,300 @@
+//! The store's local training of the fused recommender: the [`LocalTrainer`] a store agent runs.
+//!
+//! Each round the offered global model is loaded by parameter path into the store's own model
+//! (so the store's AdamW moments, keyed by parameter, carry over from round to round), trained
+//! on the store's shoppers only, and returned as a delta. With user-level DP the store runs
+//! DP-SGD instead: the release (σ, q, steps, C) is charged to the store's ledger and fsynced
+//! *before* training starts, and a store whose next round would pass its budget refuses to
+//! train. Before training, the offered model is evaluated on the store's own validation
+//! shoppers, for the store's log.
+
+use std::sync::{Arc, Mutex};
+
+use burn::module::Module;
+use burn::optim::{AdamWConfig, ModuleOptimizer};
+use burn::tensor::Device;
+use fedfuse_data::evaluate::{EvalAccumulator, Holdout, evaluate_into};
+use fedfuse_data::split::Split;
+use fedfuse_model::catalog::{CatalogTensors, ItemFeatures, Vocabulary};
+use fedfuse_model::dpsgd::{DpSgdConfig, train_dp_sgd};
+use fedfuse_model::evaluate::FusedScorer;
+use fedfuse_model::fit::{ModelShape, TITLE_LEN};
+use fedfuse_model::fused::{FusedConfig, FusedRecommender};
+use fedfuse_model::params::{export, import, unflatten};
+use fedfuse_model::train::{TrainConfig, train_with};
+use fedfuse_model::window::CandidateConfig;
+use fedfuse_privacy::noise::GridGaussian;
+use fedfuse_protocol::msgs::{LocalWork, Metric, TrainingPlan};
+
+use crate::privacy::StorePrivacy;
+use crate::{LocalTrainer, LocalUpdate, TensorShape};
+
+/// The store's data as the trainer needs it.
+pub struct StoreData {
+    pub features: ItemFeatures,
+    /// One training sequence per shopper (data item ids, oldest first); shoppers of other
+    /// stores, if the indexing keeps them, are empty.
+    pub sequences: Vec<Vec<u32>>,
+    /// The split and the store's validation cases in it, to evaluate offered models on.
+    pub validation: Option<(Arc<Split>, Vec<usize>)>,
+}
+
+/// User-level DP-SGD settings of a store: its guard (ledger and budget) and how each round
+/// spends it.
+pub struct UserLevelDp {
+    pub guard: StorePrivacy,
+    /// Expected shoppers per step; q = this over the store's shoppers.
+    pub expected_batch: f64,
+    /// Noise multiplier σ (before the grid-rounding correction charged to the ledger).
+    pub noise_multiplier: f64,
+    pub clip_norm: f64,
+    /// Uniform candidates per step.
+    pub negatives: usize,
+}
+
+/// One round as the store saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundLog {
+    pub round: u64,
+    /// The offered model on the store's own validation shoppers (full ranking).
+    pub validation_hr10: Option<f64>,
+    pub validation_ndcg10: Option<f64>,
+    pub train_loss: f64,
+    pub examples: usize,
+    pub seconds: f64,
+    /// ε spent so far (DP stores).
+    pub epsilon: Option<f64>,
+}
+
+pub struct FusedTrainer {
+    config: FusedConfig,
+    shape: ModelShape,
+    data: StoreData,
+    device: Device,
+    train_catalog: CatalogTensors,
+    eval_catalog: CatalogTensors,
+    /// The store's model and optimiser, kept between rounds.
+    kept: Option<(FusedRecommender, ModuleOptimizer)>,
+    keep_optimizer: bool,
+    candidates: CandidateConfig,
+    seed: u64,
+    dp: Option<UserLevelDp>,
+    /// Parameters in the model (the dimension the noise-grid rounding is charged for).
+    dims: usize,
+    pub log: Arc<Mutex<Vec<RoundLog>>>,
+}
+
+impl FusedTrainer {
+    /// `device` is the plain device (training uses its autodiff twin).
+    pub fn new(shape: ModelShape, data: StoreData, device: Device, seed: u64) -> Self {
+        let vocabulary: Vocabulary = data.features.vocabulary(TITLE_LEN);
+        let train_device = device.clone().autodiff();
+        let config = shape.config(&vocabulary);
+        Self {
+            dims: config.init(&device).num_params(),
+            config,
+            shape,
+            train_catalog: data.features.to_tensors(vocabulary, &train_device),
+            eval_catalog: data.features.to_tensors(vocabulary, &device),
+            data,
+            device,
+            kept: None,
+            keep_optimizer: true,
+            candidates: CandidateConfig::default(),
+            seed,
+            dp: None,
+            log: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Trains with user-level DP-SGD from now on.
+    pub fn with_user_level_dp(mut self, dp: UserLevelDp) -> Self {
+        self.dp = Some(dp);
+        self
+    }
+
+    /// Start every round with fresh AdamW moments instead of the store's own.
+    pub fn forget_optimizer_state(mut self) -> Self {
+        self.keep_optimizer = false;
+        self
+    }
+
+    pub fn with_candidates(mut self, candidates: CandidateConfig) -> Self {
+        self.candidates = candidates;
+        self
+    }
+
+    /// The global model as named tensors, for the layout an aggregator starts from.
+    pub fn initial_model(shape: ModelShape, features: &ItemFeatures, device: &Device) -> Vec<fedfuse_model::params::NamedParam> {
+        export(&shape.config(&features.vocabulary(TITLE_LEN)).init(device))
+    }
+
+    fn shoppers(&self) -> usize {
+        self.data.sequences.iter().filter(|s| s.len() > 1).count()
+    }
+
+    fn epochs(plan: &TrainingPlan) -> f64 {
+        match plan.work {
+            LocalWork::Epochs(e) => f64::from(e.max(1)),
+            LocalWork::Steps(_) => 1.0,
+        }
+    }
+
+    /// The DP-SGD run and ledger release a round would make.
+    fn dp_round(&self, round: u64, plan: &TrainingPlan) -> Option<Result<(DpSgdConfig, fedfuse_privacy::Release), String>> {
+        let dp = self.dp.as_ref()?;
+        Some((|| {
+            let mut sigma = dp.noise_multiplier;
+            let mut clip = dp.clip_norm;
+            let mut q = (dp.expected_batch / self.shoppers().max(1) as f64).min(1.0);
+            // Never weaker than the round asks.
+            if let Some(req) = &plan.dp {
+                sigma = sigma.max(req.min_noise_multiplier);
+                clip = clip.min(req.max_clip_norm);
+                if req.max_sampling_rate > 0.0 {
+                    q = q.min(req.max_sampling_rate);
+                }
+            }
+            let steps = (Self::epochs(plan) / q).ceil().max(1.0) as usize;
+            let grid = fedfuse_privacy::noise::DEFAULT_GRID_EXPONENT;
+            let dims = self.dims;
+            let charged = GridGaussian::new(sigma * clip, grid)
+                .map_err(|e| e.to_string())?
+                .noise_multiplier(clip, dims);
+            let release = dp.guard.dp_sgd_release(round, charged, q, steps as u64, clip);
+            let config = DpSgdConfig {
+                sampling_rate: q,
+                noise_multiplier: sigma,
+                clip_norm: clip,
+                steps,
+                learning_rate: f64::from(plan.learning_rate),
+                max_len: self.shape.max_len,
+                negatives: dp.negatives,
+                grid_exponent: grid,
+                ..DpSgdConfig::default()
+            };
+            Ok((config, release))
+        })())
+    }
+
+    fn validate(&self, model: &FusedRecommender) -> Option<(f64, f64)> {
+        let (split, cases) = self.data.validation.as_ref()?;
+        let mut acc = EvalAccumulator::default();
+        evaluate_into(&mut FusedScorer::new(model, &self.eval_catalog), split, Holdout::Validation, cases, 256, &mut acc);
+        let e = acc.finish(10);
+        Some((e.full.overall.mean.hit_rate, e.full.overall.mean.ndcg))
+    }
+}
+
+impl LocalTrainer for FusedTrainer {
+    fn refuses(&self, round_id: u64, plan: &TrainingPlan) -> Option<String> {
+        match self.dp_round(round_id, plan)? {
+            Err(e) => Some(e),
+            Ok((_, release)) => self
+                .dp
+                .as_ref()
+                .and_then(|dp| dp.guard.check_release(&release).err())
+                .map(|e| e.to_string()),
+        }
+    }
+
+    fn train(&mut self, round: u64, shapes: &[TensorShape], params: &[f32], plan: &TrainingPlan) -> Result<LocalUpdate, String> {
+        let started = std::time::Instant::now();
+        let shapes: Vec<(String, Vec<usize>)> = shapes
+            .iter()
+            .map(|(n, s)| (n.clone(), s.iter().map(|d| *d as usize).collect()))
+            .collect();
+        let offered = unflatten(&shapes, params).map_err(|e| e.to_string())?;
+        let plain = import(self.config.init(&self.device), &offered).map_err(|e| format!("the offered model: {e}"))?;
+        let validation = self.validate(&plain);
+        let train_device = self.device.clone().autodiff();
+        let (trained, loss, examples, spend) = match self.dp_round(round, plan) {
+            Some(planned) => {
+                let (config, release) = planned?;
+                let dp = self.dp.as_mut().expect("dp_round found settings");
+                // The ledger entry is on disk before any training whose result may leave.
+                let spend = dp.guard.charge_release(release).map_err(|e| e.to_string())?;
+                let model = import(self.config.init(&train_device), &offered).map_err(|e| e.to_string())?;
+                let (model, report) =
+                    train_dp_sgd(model, &self.train_catalog, &self.data.sequences, &config).map_err(|e| e.to_string())?;
+                (model.valid(), report.mean_loss, report.sampled, Some(spend))
+            }
+            None => {
+                let (model, mut optim) = match self.kept.take() {
+                    Some((model, optim)) if self.keep_optimizer => {
+                        (import(model, &offered).map_err(|e| e.to_string())?, optim)
+                    }
+                    _ => (
+                        import(self.config.init(&train_device), &offered).map_err(|e| e.to_string())?,
+                        AdamWConfig::new().with_weight_decay(1e-4).init(),
+                    ),
+                };
+                let lr = f64::from(plan.learning_rate);
+                let config = TrainConfig {
+                    epochs: Self::epochs(plan) as usize,
+                    batch_size: plan.batch_size.max(1) as usize,
+                    learning_rate: lr,
+                    // Constant within a round: the aggregator schedules the rate across rounds.
+                    min_learning_rate: lr,
+                    warmup_steps: 0,
+                    max_len: self.shape.max_len,
+                    candidates: self.candidates,
+                    seed: self.seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                    ..TrainConfig::default()
+                };
+                let (model, reports) = train_with(model, &mut optim, &self.train_catalog, &self.data.sequences, &config, |_, _| true);
+                let examples: usize = reports.iter().map(|r| r.examples).sum();
+                let loss = reports.last().map_or(f64::NAN, |r| r.mean_loss);
+                let plain = model.valid();
+                self.kept = Some((model, optim));
+                (plain, loss, examples, None)
+            }
+        };
+        let trained = export(&trained);
+        let mut delta = Vec::with_capacity(params.len());
+        for (new, old) in trained.iter().zip(&offered) {
+            if new.name != old.name || new.values.len() != old.values.len() {
+                return Err(format!("trained tensor {} does not match offered {}", new.name, old.name));
+            }
+            delta.extend(new.values.iter().zip(&old.values).map(|(n, o)| n - o));
+        }
+        self.log.lock().expect("log lock").push(RoundLog {
+            round,
+            validation_hr10: validation.map(|v| v.0),
+            validation_ndcg10: validation.map(|v| v.1),
+            train_loss: loss,
+            examples,
+            seconds: started.elapsed().as_secs_f64(),
+            epsilon: spend.as_ref().map(|s| s.epsilon_total),
+        });
+        // Without DP the store shares its loss and its view of the offered model; with DP
+        // those are computed from the data without noise and stay in the store.
+        let metrics = if spend.is_none() {
+            let mut m = vec![Metric {
+                name: "train_loss".into(),
+                value: loss,
+            }];
+            if let Some((hr, ndcg)) = validation {
+                m.push(Metric {
+                    name: "offered_validation_hr10".into(),
+                    value: hr,
+                });
+                m.push(Metric {
+                    name: "offered_validation_ndcg10".into(),
+                    value: ndcg,
+                });
+            }
+            m
+        } else {
+            Vec::new()
+        };
+        Ok(LocalUpdate {
+            delta,
+            // DP updates are averaged uniformly (bounded sensitivity), so the count is only a
+            // label; without DP it weights the mean.
+            example_count: examples.max(1) as u64,
+            metrics,
+            privacy_spend: spend,
+        })
+    }
+}
