@@ -6,6 +6,7 @@
 //! and records the aggregator's verdict. Training is behind a trait so the same session code
 //! serves the burn trainer, tests and benchmarks.
 
+pub mod config;
 pub mod privacy;
 pub mod trainer;
 
@@ -59,6 +60,8 @@ pub enum AgentError {
     Training { round: u64, detail: String },
     #[error("privacy: {0}")]
     Privacy(#[from] privacy::PrivacyError),
+    #[error("gave up after {attempts} attempts to reach the aggregator; last: {last}")]
+    GaveUp { attempts: u32, last: String },
 }
 
 /// How one session went.
@@ -236,4 +239,93 @@ fn encode_update(
         privacy_spend: None,
         tensors,
     })
+}
+
+/// How a store retries after losing the aggregator: exponential backoff with jitter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    /// Give up after this many failed attempts in a row (0: never).
+    pub attempts: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+            attempts: 0,
+        }
+    }
+}
+
+/// What a store's whole run did, over every session it needed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentRun {
+    /// The last session's report (the one that ended the run).
+    pub last: AgentReport,
+    pub sessions: u32,
+    /// Failed connection attempts and lost sessions, with what happened.
+    pub interruptions: Vec<String>,
+    pub trained_rounds: Vec<u64>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+/// Connects to the aggregator and runs sessions until the federation says goodbye or the
+/// store refuses to go on, reconnecting with `backoff` after a network loss (the aggregator
+/// offers the current round again to a store that comes back). Errors other than the
+/// network's end the run.
+pub async fn run_agent(
+    endpoint: &fedfuse_transport::StoreEndpoint,
+    addr: std::net::SocketAddr,
+    server_name: &str,
+    trainer: &mut dyn LocalTrainer,
+    opts: &AgentOptions,
+    backoff: Backoff,
+    mut guard: Option<&mut privacy::StorePrivacy>,
+) -> Result<AgentRun, AgentError> {
+    let mut run = AgentRun::default();
+    let mut delay = backoff.initial;
+    let mut failures = 0u32;
+    let mut jitter = opts.rounding_seed ^ 0x5DEE_CE66_D;
+    loop {
+        let outcome = match endpoint.connect(addr, server_name).await {
+            Ok(conn) => {
+                run.sessions += 1;
+                let trained_before = run.trained_rounds.len();
+                let result = run_private_session(&conn, trainer, opts, guard.as_deref_mut()).await;
+                match result {
+                    Ok(report) => {
+                        run.trained_rounds.extend(&report.trained_rounds);
+                        run.bytes_up += report.bytes_up;
+                        run.bytes_down += report.bytes_down;
+                        run.last = report;
+                        return Ok(run);
+                    }
+                    Err(AgentError::Transport(e)) => {
+                        if run.trained_rounds.len() > trained_before {
+                            failures = 0;
+                            delay = backoff.initial;
+                        }
+                        format!("session lost: {e}")
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
+            Err(e) => format!("cannot connect: {e}"),
+        };
+        failures += 1;
+        tracing::warn!(%outcome, attempt = failures, retry_in_ms = delay.as_millis() as u64, "aggregator unreachable");
+        run.interruptions.push(outcome.clone());
+        if backoff.attempts > 0 && failures >= backoff.attempts {
+            return Err(AgentError::GaveUp { attempts: failures, last: outcome });
+        }
+        // Up to 25% jitter so that stores cut off together do not return together.
+        jitter = jitter.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let spread = (jitter >> 33) as f64 / (1u64 << 31) as f64;
+        tokio::time::sleep(delay.mul_f64(1.0 + 0.25 * spread)).await;
+        delay = (delay * 2).min(backoff.max);
+    }
 }

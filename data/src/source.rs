@@ -1,5 +1,6 @@
 //! Where a run's data comes from, as a person writes it on a command line: `synthetic` (the
-//! built-in generator) or `movielens:PATH` (a MovieLens-100K folder, stores by ZIP digit).
+//! built-in generator), `movielens:PATH` (a MovieLens-100K folder, stores by ZIP digit) or
+//! `csv:DIR` (the documented CSV layout, see [`crate::csv_reader`]).
 
 use std::path::PathBuf;
 
@@ -11,6 +12,7 @@ use crate::synthetic::SyntheticConfig;
 pub enum DataSource {
     Synthetic,
     MovieLens(PathBuf),
+    Csv(PathBuf),
 }
 
 impl std::str::FromStr for DataSource {
@@ -19,8 +21,9 @@ impl std::str::FromStr for DataSource {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s.split_once(':') {
             Some(("movielens", path)) if !path.is_empty() => Ok(Self::MovieLens(PathBuf::from(path))),
+            Some(("csv", path)) if !path.is_empty() => Ok(Self::Csv(PathBuf::from(path))),
             None if s == "synthetic" => Ok(Self::Synthetic),
-            _ => Err(format!("unknown data source {s:?}: use `synthetic` or `movielens:PATH`")),
+            _ => Err(format!("unknown data source {s:?}: use `synthetic`, `movielens:PATH` or `csv:DIR`")),
         }
     }
 }
@@ -30,6 +33,7 @@ impl std::fmt::Display for DataSource {
         match self {
             Self::Synthetic => f.write_str("synthetic"),
             Self::MovieLens(p) => write!(f, "movielens:{}", p.display()),
+            Self::Csv(p) => write!(f, "csv:{}", p.display()),
         }
     }
 }
@@ -40,6 +44,7 @@ impl DataSource {
         match self {
             Self::Synthetic => crate::synthetic::generate(synthetic),
             Self::MovieLens(path) => crate::movielens::load(path),
+            Self::Csv(dir) => crate::csv_reader::load_dir(dir),
         }
     }
 }
@@ -54,7 +59,8 @@ mod tests {
         let ml: DataSource = "movielens:/data/ml-100k".parse().unwrap();
         assert_eq!(ml, DataSource::MovieLens("/data/ml-100k".into()));
         assert_eq!(ml.to_string(), "movielens:/data/ml-100k");
-        for bad in ["", "movielens:", "csv:x", "Synthetic"] {
+        assert_eq!("csv:exports".parse::<DataSource>(), Ok(DataSource::Csv("exports".into())));
+        for bad in ["", "movielens:", "csv:", "parquet:x", "Synthetic"] {
             assert!(bad.parse::<DataSource>().is_err(), "{bad}");
         }
     }

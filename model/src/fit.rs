@@ -19,8 +19,10 @@ use crate::item_tower::ItemTowerConfig;
 use crate::sequence::{EncoderKind, SequenceEncoderConfig};
 use crate::train::{EpochReport, TrainConfig, train};
 
-/// The model's hyper-parameters.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The model's hyper-parameters. The aggregator and every store must agree on them (an offered
+/// model of another shape is refused by parameter name and shape).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ModelShape {
     pub dim: usize,
     pub max_len: usize,

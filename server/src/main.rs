@@ -143,7 +143,7 @@ fn main() -> anyhow::Result<()> {
         Command::IssueStore { dir, store, out, days } => {
             let platform = PlatformDir::open(&dir)?;
             let bundle = platform.issue_store(&store, days)?;
-            bundle.save(&out)?;
+            pki::save_bundle(&bundle, &out)?;
             println!(
                 "issued store {store:?} (valid {days} days): bundle written to {}",
                 out.display()

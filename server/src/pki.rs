@@ -135,35 +135,18 @@ struct Registry {
     revoked_serials: Vec<String>,
 }
 
-/// Everything a store needs to connect: its key and certificate, the CA to pin, and the name
-/// the aggregator's certificate must carry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StoreBundle {
-    pub store: String,
-    pub aggregator_name: String,
-    pub ca_pem: String,
-    pub cert_pem: String,
-    pub key_pem: String,
-}
+pub use fedfuse_transport::StoreBundle;
 
-impl StoreBundle {
-    pub fn load(path: &Path) -> Result<Self, PkiError> {
-        toml::from_str(&read(path)?).map_err(|e| PkiError::Corrupt {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        })
-    }
-
-    /// Written 0600: the bundle holds the store's private key.
-    pub fn save(&self, path: &Path) -> Result<(), PkiError> {
-        let body = toml::to_string(self).expect("a bundle serialises");
-        let text = format!(
-            "# fedfuse store bundle for {:?}: this store's private key, its certificate and the platform CA.\n\
-             # Keep it secret; if it leaks, run `fedfuse-server revoke-store --store {}`.\n{body}",
-            self.store, self.store
-        );
-        write_atomic(path, text.as_bytes(), 0o600)
-    }
+/// Writes a store's bundle, mode 0600: it holds the store's private key.
+pub fn save_bundle(bundle: &StoreBundle, path: &Path) -> Result<(), PkiError> {
+    let text = format!(
+        "# fedfuse store bundle for {:?}: this store's private key, its certificate and the platform CA.\n\
+         # Keep it secret; if it leaks, run `fedfuse-server revoke-store --store {}`.\n{}",
+        bundle.store,
+        bundle.store,
+        bundle.to_toml()
+    );
+    write_atomic(path, text.as_bytes(), 0o600)
 }
 
 /// Options for `init`.
@@ -427,14 +410,3 @@ impl PlatformDir {
     }
 }
 
-impl StoreBundle {
-    /// The store's identity and trust anchor (the platform CA only).
-    pub fn tls(
-        &self,
-    ) -> Result<(fedfuse_transport::Identity, fedfuse_transport::TrustAnchors), fedfuse_transport::TransportError> {
-        Ok((
-            fedfuse_transport::Identity::from_pem(&self.cert_pem, &self.key_pem)?,
-            fedfuse_transport::TrustAnchors::from_pem(&self.ca_pem, &[])?,
-        ))
-    }
-}

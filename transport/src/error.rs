@@ -4,6 +4,8 @@ use fedfuse_protocol::{DecodeError, EncodeError};
 pub enum TransportError {
     #[error("TLS configuration: {0}")]
     Tls(String),
+    #[error("store bundle: {0}")]
+    Bundle(String),
     #[error("cannot bind or configure the endpoint: {0}")]
     Io(#[from] std::io::Error),
     #[error("connecting failed: {0}")]

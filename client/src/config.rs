@@ -1,0 +1,298 @@
+//! The store agent's TOML configuration. `fedfuse-client template` prints it with every
+//! default spelled out and explained, so the file is its own documentation.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use fedfuse_model::fit::ModelShape;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentSection {
+    /// The bundle `fedfuse-server issue-store` wrote for this store; relative to the config.
+    pub bundle: PathBuf,
+    /// The aggregator's UDP address.
+    pub aggregator: SocketAddr,
+    /// Largest global model this store downloads, in MiB.
+    pub max_model_mib: u64,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        Self {
+            bundle: PathBuf::from("store.bundle.toml"),
+            aggregator: "127.0.0.1:7450".parse().expect("a valid default"),
+            max_model_mib: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReconnectSection {
+    pub initial_ms: u64,
+    pub max_ms: u64,
+    /// Failed attempts in a row before giving up; 0 retries forever.
+    pub attempts: u32,
+}
+
+impl Default for ReconnectSection {
+    fn default() -> Self {
+        Self {
+            initial_ms: 500,
+            max_ms: 30_000,
+            attempts: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataSection {
+    /// `synthetic`, `movielens:PATH` or `csv:DIR`; relative paths from the config file.
+    pub source: String,
+    /// For a dataset that holds several stores: whose shoppers are this store's ("" = all).
+    pub store: String,
+    /// Seed of the synthetic generator (ignored for other sources).
+    pub synthetic_seed: u64,
+    /// Seed of the evaluation split's sampled negatives.
+    pub split_seed: u64,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            source: "synthetic".into(),
+            store: String::new(),
+            synthetic_seed: 7,
+            split_seed: 2024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainingSection {
+    /// `auto` (GPU if wgpu finds one, else CPU with a warning), `gpu` or `cpu`.
+    pub device: String,
+    pub in_batch: usize,
+    pub uniform: usize,
+    /// Keep AdamW's moments from round to round.
+    pub keep_optimizer_state: bool,
+    pub seed: u64,
+}
+
+impl Default for TrainingSection {
+    fn default() -> Self {
+        Self {
+            device: "auto".into(),
+            in_batch: 256,
+            uniform: 256,
+            keep_optimizer_state: true,
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrivacyMode {
+    None,
+    /// User-level DP-SGD inside the store (one shopper = one privacy unit).
+    Shopper,
+    /// Client-level DP-FedAvg: the whole update clipped and noised here.
+    Store,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacySection {
+    pub mode: PrivacyMode,
+    pub epsilon_max: f64,
+    pub delta: f64,
+    pub noise_multiplier: f64,
+    pub clip_norm: f64,
+    /// DP-SGD: expected shoppers per step.
+    pub expected_batch: f64,
+    /// The hash-chained ledger; relative to the config file.
+    pub ledger: PathBuf,
+}
+
+impl Default for PrivacySection {
+    fn default() -> Self {
+        Self {
+            mode: PrivacyMode::None,
+            epsilon_max: 8.0,
+            delta: 1e-4,
+            noise_multiplier: 1.0,
+            clip_norm: 1.0,
+            expected_batch: 32.0,
+            ledger: PathBuf::from("privacy.ledger.jsonl"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    pub agent: AgentSection,
+    pub reconnect: ReconnectSection,
+    pub data: DataSection,
+    pub model: ModelShape,
+    pub training: TrainingSection,
+    pub privacy: PrivacySection,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {detail}")]
+    Parse { path: PathBuf, detail: String },
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut c: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut c.agent.bundle, &mut c.privacy.ledger] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if let Some((kind, rest)) = c.data.source.split_once(':')
+            && Path::new(rest).is_relative()
+        {
+            c.data.source = format!("{kind}:{}", base.join(rest).display());
+        }
+        Ok(c)
+    }
+
+    /// The configuration as TOML, every field commented.
+    pub fn to_commented_toml(&self) -> String {
+        let (a, r, d, m, t, p) = (&self.agent, &self.reconnect, &self.data, &self.model, &self.training, &self.privacy);
+        let mode = match p.mode {
+            PrivacyMode::None => "none",
+            PrivacyMode::Shopper => "shopper",
+            PrivacyMode::Store => "store",
+        };
+        format!(
+            r#"# fedfuse store agent configuration, written by `fedfuse-client template`.
+
+[agent]
+# The bundle `fedfuse-server issue-store` wrote for this store: its private key, its
+# certificate and the platform CA. Relative paths are taken from this file's directory.
+bundle = "{bundle}"
+# The aggregator's UDP address (its config's [server] listen).
+aggregator = "{aggregator}"
+# Largest global model this store will download, in MiB.
+max_model_mib = {max_model_mib}
+
+[reconnect]
+# After a network loss the store reconnects with exponential backoff (plus up to 25% jitter)
+# from initial_ms to max_ms; the aggregator offers the current round again.
+initial_ms = {initial_ms}
+max_ms = {max_ms}
+# Failed attempts in a row before giving up; 0 retries forever.
+attempts = {attempts}
+
+[data]
+# The store's interactions and catalog: `synthetic` (the built-in generator), `movielens:PATH`
+# (a MovieLens-100K folder) or `csv:DIR` (interactions.csv, catalog.csv, shoppers.csv).
+source = "{source}"
+# When the data holds several stores (synthetic, MovieLens by ZIP digit, a shoppers.csv with a
+# store column): the one whose shoppers are this store's. Empty: every shopper in the data.
+store = "{store}"
+synthetic_seed = {synthetic_seed}
+# Seed of the 99 sampled negatives of the evaluation split.
+split_seed = {split_seed}
+
+[model]
+# Must match the aggregator's model: an offered model of another shape is refused by tensor.
+dim = {dim}
+max_len = {max_len}
+head = {head}
+encoder = "{encoder:?}"
+layers = {layers}
+heads = {heads}
+dropout = {dropout}
+
+[training]
+# `auto` (the GPU through wgpu if an adapter exists, else the CPU with a warning), `gpu`, `cpu`.
+device = "{device}"
+# Negatives per batch: draws from the batch's own targets and uniform draws from the catalog.
+in_batch = {in_batch}
+uniform = {uniform}
+# Keep AdamW's moments from round to round (they are the store's own, never sent).
+keep_optimizer_state = {keep}
+seed = {seed}
+
+[privacy]
+# none | shopper (user-level DP-SGD inside the store: every shopper's whole contribution is
+# clipped and noised) | store (client-level DP-FedAvg: the whole update clipped and noised here).
+mode = "{mode}"
+# The store never spends more than ε = epsilon_max at δ = delta; a round that would pass it is
+# refused, and the agent says why and leaves.
+epsilon_max = {epsilon_max}
+delta = {delta:e}
+# Noise standard deviation over the clip norm, and the clip norm (per shopper or per update).
+noise_multiplier = {noise_multiplier}
+clip_norm = {clip_norm}
+# DP-SGD: expected shoppers per step (the sampling rate is this over the store's shoppers).
+expected_batch = {expected_batch}
+# Hash-chained ledger of every release, fsynced before the release; auditors replay it.
+ledger = "{ledger}"
+"#,
+            bundle = a.bundle.display(),
+            aggregator = a.aggregator,
+            max_model_mib = a.max_model_mib,
+            initial_ms = r.initial_ms,
+            max_ms = r.max_ms,
+            attempts = r.attempts,
+            source = d.source,
+            store = d.store,
+            synthetic_seed = d.synthetic_seed,
+            split_seed = d.split_seed,
+            dim = m.dim,
+            max_len = m.max_len,
+            head = m.head,
+            encoder = m.encoder,
+            layers = m.layers,
+            heads = m.heads,
+            dropout = m.dropout,
+            device = t.device,
+            in_batch = t.in_batch,
+            uniform = t.uniform,
+            keep = t.keep_optimizer_state,
+            seed = t.seed,
+            epsilon_max = p.epsilon_max,
+            delta = p.delta,
+            noise_multiplier = p.noise_multiplier,
+            clip_norm = p.clip_norm,
+            expected_batch = p.expected_batch,
+            ledger = p.ledger.display(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_commented_template_parses_back_to_the_defaults() {
+        let c = AgentConfig::default();
+        let text = c.to_commented_toml();
+        let back: AgentConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, c);
+        assert!(toml::from_str::<AgentConfig>("[agent]\nbundel = \"x\"\n").is_err(), "typos are refused");
+    }
+}
