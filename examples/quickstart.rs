@@ -1,127 +1,160 @@
 //! The main job: a complete federated run on loopback.
 //!
 //!   cargo run --release --example quickstart
+//!   cargo run --release --example quickstart -- --data movielens:../shared/data/ml-100k --rounds 30
+//!   cargo run --release --example quickstart -- --target-epsilon 8 --delta 1e-4
 //!
 //! Creates a platform CA and one certificate per partner store with the project's own tooling,
 //! starts the aggregator service and every store agent on 127.0.0.1 (real QUIC, mutual TLS),
-//! and federates the fused recommender over the built-in synthetic e-commerce data, each store
-//! training only on its own shoppers. Afterwards every committed global model is evaluated on
-//! the held-out test items and a per-round table is printed.
+//! and federates the fused recommender, each store training only on its own shoppers (the
+//! built-in synthetic data by default; MovieLens-100K split into 11 stores by ZIP digit). Every
+//! committed global model is evaluated on the held-out test items and a per-round table is
+//! printed; `--report FILE` writes the numbers as JSON.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use burn::tensor::Device;
 use clap::Parser;
-use fedfuse_client::{AgentOptions, LocalTrainer, LocalUpdate, TensorShape, run_session};
+use fedfuse_client::privacy::{StorePrivacy, StorePrivacyPolicy};
+use fedfuse_client::trainer::{FusedTrainer, RoundLog, StoreData, UserLevelDp};
+use fedfuse_client::{AgentOptions, Backoff, run_agent};
+use fedfuse_data::evaluate::{EvalAccumulator, Holdout, evaluate_into};
+use fedfuse_data::partition::hold_out_platform;
 use fedfuse_data::source::DataSource;
 use fedfuse_data::split::{Split, SplitConfig};
 use fedfuse_data::synthetic::SyntheticConfig;
-use fedfuse_model::catalog::{ItemFeatures, Vocabulary};
+use fedfuse_model::catalog::ItemFeatures;
 use fedfuse_model::device::{self, DeviceChoice};
-use fedfuse_data::evaluate::{Holdout, evaluate};
 use fedfuse_model::evaluate::FusedScorer;
-use fedfuse_model::fused::FusedConfig;
-use fedfuse_model::item_tower::ItemTowerConfig;
-use fedfuse_model::params::{export, import, unflatten};
-use fedfuse_model::sequence::SequenceEncoderConfig;
-use fedfuse_model::train::{TrainConfig, train};
-use fedfuse_protocol::msgs::{Capabilities, LocalWork, Metric, TrainingPlan};
+use fedfuse_model::fit::{ModelShape, TITLE_LEN};
+use fedfuse_model::params::{import, unflatten};
+use fedfuse_model::sequence::EncoderKind;
+use fedfuse_model::train::TrainConfig;
+use fedfuse_model::window::CandidateConfig;
+use fedfuse_privacy::Budget;
+use fedfuse_privacy::noise::{DEFAULT_GRID_EXPONENT, GridGaussian};
+use fedfuse_privacy::plan::{Accountant, noise_multiplier_for};
+use fedfuse_protocol::msgs::{Capabilities, LocalWork, TrainingPlan};
 use fedfuse_protocol::tensor::{UpdateEncoding, ValueEncoding};
 use fedfuse_server::aggregate::AggregationRule;
+use fedfuse_server::aggregate::optimizer::ServerOptimizerConfig;
+use fedfuse_server::fine_tune::FusionFineTuner;
 use fedfuse_server::layout::{ModelLayout, TensorSpec};
 use fedfuse_server::pki::{self, InitOptions};
 use fedfuse_server::round::RoundPolicy;
-use fedfuse_server::service::{ServiceOptions, run_aggregator};
+use fedfuse_server::service::{FineTuner, ServiceOptions, run_aggregator_with};
 use fedfuse_server::state::{AggregatorState, Committed};
 use fedfuse_transport::{AggregatorEndpoint, StoreEndpoint, TransportTuning};
 use serde_json::json;
 
-/// A complete federated run on 127.0.0.1: aggregator + one agent per store, real QUIC and mTLS.
+/// A complete federated run on 127.0.0.1: aggregator + one agent per store, real QUIC and
+/// mutual TLS with certificates from the platform's own tooling.
 #[derive(Parser)]
+#[command(version, about, long_about = None)]
 struct Cli {
-    /// `synthetic` (built in) or `movielens:PATH` (stores by ZIP first digit).
+    /// `synthetic` (built in) or `movielens:PATH` (11 stores by ZIP first digit).
     #[arg(long, default_value = "synthetic")]
     data: DataSource,
     /// Federated rounds.
     #[arg(long, default_value_t = 3)]
     rounds: u64,
+    /// Seeds the data generator, the model and the stores' training.
     #[arg(long, default_value_t = 7)]
     seed: u64,
-    /// Shoppers in the synthetic data (20,000 is the generator's full size).
+    /// Shoppers in the synthetic data (its full default size is 20,000).
     #[arg(long, default_value_t = 3000)]
     shoppers: u32,
-    /// Local epochs per round.
+    /// Local epochs over the store's shoppers per round.
     #[arg(long, default_value_t = 1)]
     local_epochs: u32,
+    /// Local learning rate (AdamW).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f32,
+    /// Windows per local batch.
+    #[arg(long, default_value_t = 32)]
+    batch_size: u32,
+    /// Server optimiser: fedavg, fedadam, fedyogi or fedadagrad.
+    #[arg(long, default_value = "fedavg")]
+    server_optimizer: String,
+    /// Server learning rate.
+    #[arg(long, default_value_t = 1.0)]
+    server_lr: f32,
+    /// How updates travel: f32, f16 or int8.
+    #[arg(long, default_value = "f32")]
+    encoding: String,
     #[arg(long, default_value_t = 32)]
     dim: usize,
     #[arg(long, default_value_t = 20)]
     max_len: usize,
+    /// Hidden width of the MLP head.
+    #[arg(long, default_value_t = 16)]
+    head: usize,
+    /// `attention` or `lstm`.
+    #[arg(long, default_value = "attention")]
+    encoder: EncoderKind,
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
+    /// User-level DP (one shopper = one privacy unit) inside every store, at this ε for the
+    /// whole run: each store runs DP-SGD with the noise its own size needs.
+    #[arg(long)]
+    target_epsilon: Option<f64>,
+    #[arg(long, default_value_t = 1e-4)]
+    delta: f64,
+    /// DP-SGD: expected shoppers per step in each store.
+    #[arg(long, default_value_t = 16.0)]
+    dp_batch: f64,
+    /// DP-SGD: per-shopper clip norm.
+    #[arg(long, default_value_t = 1.0)]
+    clip_norm: f64,
+    /// Hold this share of shoppers out of every store for the platform, which fine-tunes the
+    /// fusion weights and head on them after each aggregation (0 turns fine-tuning off).
+    #[arg(long, default_value_t = 0.0)]
+    platform_share: f64,
+    /// Start each round with fresh AdamW moments (by default a store keeps its own).
+    #[arg(long)]
+    forget_optimizer: bool,
     /// Write the per-round and final numbers as JSON here.
     #[arg(long)]
     report: Option<PathBuf>,
 }
 
-/// A store's training: the fused model on the store's own shoppers only.
-struct FusedTrainer {
-    config: FusedConfig,
-    features: ItemFeatures,
-    vocabulary: Vocabulary,
-    sequences: Vec<Vec<u32>>,
-    device: Device,
-    max_len: usize,
-    seed: u64,
-    losses: Arc<Mutex<Vec<(u64, f64)>>>,
+fn server_optimizer(name: &str, lr: f32) -> anyhow::Result<ServerOptimizerConfig> {
+    Ok(match name {
+        "fedavg" => ServerOptimizerConfig::FedAvg { lr },
+        "fedadam" => ServerOptimizerConfig::FedAdam {
+            lr,
+            beta1: 0.9,
+            beta2: 0.99,
+            tau: 1e-3,
+        },
+        "fedyogi" => ServerOptimizerConfig::FedYogi {
+            lr,
+            beta1: 0.9,
+            beta2: 0.99,
+            tau: 1e-3,
+        },
+        "fedadagrad" => ServerOptimizerConfig::FedAdagrad { lr, beta1: 0.0, tau: 1e-3 },
+        other => anyhow::bail!("unknown server optimiser {other:?}: use fedavg, fedadam, fedyogi or fedadagrad"),
+    })
 }
 
-impl LocalTrainer for FusedTrainer {
-    fn train(&mut self, round: u64, shapes: &[TensorShape], params: &[f32], plan: &TrainingPlan) -> Result<LocalUpdate, String> {
-        let device = self.device.clone().autodiff();
-        let catalog = self.features.to_tensors(self.vocabulary, &device);
-        let shapes: Vec<(String, Vec<usize>)> = shapes
-            .iter()
-            .map(|(n, s)| (n.clone(), s.iter().map(|d| *d as usize).collect()))
-            .collect();
-        let named = unflatten(&shapes, params).map_err(|e| e.to_string())?;
-        let model = import(self.config.init(&device), &named).map_err(|e| e.to_string())?;
-        let config = TrainConfig {
-            epochs: match plan.work {
-                LocalWork::Epochs(e) => e as usize,
-                LocalWork::Steps(_) => 1,
-            },
-            batch_size: plan.batch_size as usize,
-            learning_rate: f64::from(plan.learning_rate),
-            max_len: self.max_len,
-            seed: self.seed ^ round,
-            ..TrainConfig::default()
-        };
-        let (model, reports) = train(model, &catalog, &self.sequences, &config, |_, _| true);
-        let trained: HashMap<String, Vec<f32>> = export(&model).into_iter().map(|p| (p.name, p.values)).collect();
-        let mut delta = Vec::with_capacity(params.len());
-        for p in &named {
-            let new = trained
-                .get(&p.name)
-                .ok_or_else(|| format!("trained model lacks {}", p.name))?;
-            delta.extend(new.iter().zip(&p.values).map(|(n, o)| n - o));
-        }
-        let last = reports.last().ok_or("no epoch ran")?;
-        self.losses.lock().unwrap().push((round, last.mean_loss));
-        Ok(LocalUpdate {
-            delta,
-            example_count: last.examples as u64,
-            metrics: vec![Metric {
-                name: "train_loss".into(),
-                value: last.mean_loss,
-            }],
-        })
-    }
+fn encoding(name: &str) -> anyhow::Result<UpdateEncoding> {
+    Ok(UpdateEncoding::Dense(match name {
+        "f32" => ValueEncoding::F32,
+        "f16" => ValueEncoding::F16,
+        "int8" => ValueEncoding::Int8,
+        other => anyhow::bail!("unknown encoding {other:?}: use f32, f16 or int8"),
+    }))
+}
+
+/// One store of the run.
+struct Store {
+    name: String,
+    index: u16,
+    shoppers: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -138,24 +171,21 @@ fn main() -> anyhow::Result<()> {
         events: u64::from(cli.shoppers) * 25,
         ..SyntheticConfig::default()
     };
-    let dataset = cli.data.load(&synthetic).with_context(|| format!("loading {}", cli.data))?;
-    let split = Split::new(
-        &dataset,
-        &SplitConfig {
-            seed: cli.seed,
-            ..Default::default()
-        },
-    )?;
+    let mut dataset = cli.data.load(&synthetic).with_context(|| format!("loading {}", cli.data))?;
+    let platform = (cli.platform_share > 0.0).then(|| hold_out_platform(&mut dataset, cli.platform_share, cli.seed));
+    let split = Arc::new(Split::new(&dataset, &SplitConfig::default())?);
     let features = ItemFeatures::from_catalog(&dataset.catalog);
-    let vocabulary = features.vocabulary(8);
+    let shape = ModelShape {
+        dim: cli.dim,
+        max_len: cli.max_len,
+        head: cli.head,
+        encoder: cli.encoder,
+        ..ModelShape::default()
+    };
     let base = device::select(cli.device)?;
     base.seed(cli.seed);
-    let config = FusedConfig::new(
-        ItemTowerConfig::for_vocabulary(&vocabulary, cli.dim),
-        SequenceEncoderConfig::new(cli.dim, cli.max_len),
-    );
     // The starting global model, as the aggregator's layout and flat parameters.
-    let start = export(&config.init(&base));
+    let start = FusedTrainer::initial_model(shape, &features, &base);
     let layout = ModelLayout::new(
         start
             .iter()
@@ -166,41 +196,82 @@ fn main() -> anyhow::Result<()> {
             .collect(),
     );
     let initial: Vec<f32> = start.iter().flat_map(|p| p.values.iter().copied()).collect();
-
-    // Each store's own shoppers, and its own item popularity.
+    let dims = initial.len();
     let sequences = split.train_sequences();
-    let mut per_store: Vec<Vec<Vec<u32>>> = vec![Vec::new(); dataset.stores.len()];
-    for (shopper, seq) in sequences.into_iter().enumerate() {
-        if !seq.is_empty() {
-            per_store[dataset.shoppers[shopper].store as usize].push(seq);
-        }
-    }
-    let stores: Vec<(String, Vec<Vec<u32>>)> = dataset
+    let cases_of = |store: u16, holdout: Holdout| -> Vec<usize> {
+        let cases = match holdout {
+            Holdout::Validation => &split.validation,
+            Holdout::Test => &split.test,
+        };
+        cases
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| dataset.shoppers[c.shopper as usize].store == store)
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let stores: Vec<Store> = dataset
         .stores
         .iter()
-        .cloned()
-        .zip(per_store)
-        .filter(|(_, s)| !s.is_empty())
+        .enumerate()
+        .map(|(i, name)| Store {
+            name: name.clone(),
+            index: i as u16,
+            shoppers: dataset
+                .shoppers
+                .iter()
+                .enumerate()
+                .filter(|(s, info)| info.store == i as u16 && sequences[*s].len() > 1)
+                .count(),
+        })
+        .filter(|s| s.shoppers > 0 && Some(s.index) != platform)
         .collect();
     eprintln!(
-        "{} shoppers, {} items, {} stores; {} rounds of {} local epoch(s)",
+        "{} shoppers, {} items, {} stores{}; {} rounds of {} local epoch(s); {} parameters",
         dataset.shoppers.len(),
         features.category.len(),
         stores.len(),
+        platform.map_or(String::new(), |p| format!(" + {} platform shoppers", dataset.store_sizes()[p as usize])),
         cli.rounds,
-        cli.local_epochs
+        cli.local_epochs,
+        dims
     );
 
     let work = tempfile::tempdir()?;
-    let platform = pki::init(&work.path().join("platform"), &InitOptions::default())?;
-    let (identity, trust) = platform.aggregator_tls()?;
+    let pki_dir = pki::init(&work.path().join("platform"), &InitOptions::default())?;
+    let (identity, trust) = pki_dir.aggregator_tls()?;
+    let fine_tuner: Option<Box<dyn FineTuner>> = platform.map(|p| {
+        let own: Vec<Vec<u32>> = sequences
+            .iter()
+            .enumerate()
+            .map(|(s, seq)| if dataset.shoppers[s].store == p { seq.clone() } else { Vec::new() })
+            .collect();
+        Box::new(FusionFineTuner::new(
+            shape,
+            &features,
+            base.clone(),
+            own,
+            split.clone(),
+            cases_of(p, Holdout::Validation),
+            TrainConfig {
+                epochs: 2,
+                batch_size: cli.batch_size as usize,
+                learning_rate: 1e-3,
+                min_learning_rate: 1e-3,
+                max_len: cli.max_len,
+                seed: cli.seed,
+                ..TrainConfig::default()
+            },
+        )) as Box<dyn FineTuner>
+    });
+    let dp = cli.target_epsilon.is_some();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(stores.len() + 2)
         .enable_all()
         .build()?;
-    let losses = Arc::new(Mutex::new(Vec::new()));
     let state_dir = work.path().join("state");
-    let (service_report, agents) = runtime.block_on(async {
+    let mut logs = Vec::new();
+    let (service_report, runs) = runtime.block_on(async {
         let endpoint = Arc::new(AggregatorEndpoint::bind(
             SocketAddr::from(([127, 0, 0, 1], 0)),
             identity,
@@ -214,17 +285,26 @@ fn main() -> anyhow::Result<()> {
             rounds: cli.rounds,
             deadline_ms: 3_600_000,
             seed: cli.seed,
-            aggregation: AggregationRule::ExampleWeightedMean,
+            // With DP, a store's weight must not depend on its data.
+            aggregation: if dp {
+                AggregationRule::UniformMean {
+                    expected_stores: Some(stores.len() as f64),
+                }
+            } else {
+                AggregationRule::ExampleWeightedMean
+            },
+            optimizer: server_optimizer(&cli.server_optimizer, cli.server_lr)?,
+            fine_tune: platform.is_some(),
             ..RoundPolicy::default()
         };
         let options = ServiceOptions {
             policy,
             plan: TrainingPlan {
                 work: LocalWork::Epochs(cli.local_epochs),
-                learning_rate: 2e-3,
-                batch_size: 32,
+                learning_rate: cli.lr,
+                batch_size: cli.batch_size,
                 proximal_mu: None,
-                update_encoding: UpdateEncoding::Dense(ValueEncoding::F32),
+                update_encoding: encoding(&cli.encoding)?,
                 dp: None,
             },
             capabilities: Capabilities {
@@ -236,34 +316,60 @@ fn main() -> anyhow::Result<()> {
         };
         let state = AggregatorState::open(&state_dir)?;
         let (_stop, stopped) = tokio::sync::watch::channel(false);
-        let service = tokio::spawn(run_aggregator(
+        let service = tokio::spawn(run_aggregator_with(
             endpoint,
             state,
             Some((layout.clone(), initial)),
             options,
             stopped,
+            fine_tuner,
         ));
         let mut agents = Vec::new();
-        for (i, (name, seqs)) in stores.iter().enumerate() {
-            let bundle = platform.issue_store(name, 1)?;
-            let mut trainer = FusedTrainer {
-                config: config.clone(),
+        for (i, store) in stores.iter().enumerate() {
+            let bundle = pki_dir.issue_store(&store.name, 1)?;
+            let own: Vec<Vec<u32>> = sequences
+                .iter()
+                .enumerate()
+                .map(|(s, seq)| if dataset.shoppers[s].store == store.index { seq.clone() } else { Vec::new() })
+                .collect();
+            let data = StoreData {
                 features: features.clone(),
-                vocabulary,
-                sequences: seqs.clone(),
-                device: base.clone(),
-                max_len: cli.max_len,
-                seed: cli.seed + i as u64,
-                losses: losses.clone(),
+                sequences: own,
+                validation: Some((split.clone(), cases_of(store.index, Holdout::Validation))),
             };
+            let mut trainer = FusedTrainer::new(shape, data, base.clone(), cli.seed + i as u64);
+            if cli.forget_optimizer {
+                trainer = trainer.forget_optimizer_state();
+            }
+            if let Some(epsilon) = cli.target_epsilon {
+                // The noise this store's size needs for ε over every round it will train.
+                let q = (cli.dp_batch / store.shoppers as f64).min(1.0);
+                let steps = cli.rounds * (f64::from(cli.local_epochs) / q).ceil() as u64;
+                let sigma = noise_multiplier_for(epsilon * 0.99, cli.delta, q, steps, Accountant::Pld).map_err(anyhow::Error::msg)?;
+                let inflate = GridGaussian::new(sigma * cli.clip_norm, DEFAULT_GRID_EXPONENT)?.effective_sensitivity(cli.clip_norm, dims)
+                    / cli.clip_norm;
+                let policy = StorePrivacyPolicy {
+                    budget: Budget {
+                        epsilon_max: epsilon,
+                        delta: cli.delta,
+                    },
+                    noise_multiplier: sigma * inflate,
+                    clip_norm: cli.clip_norm,
+                    grid_exponent: DEFAULT_GRID_EXPONENT,
+                };
+                let guard = StorePrivacy::open(&store.name, policy, &work.path().join(format!("{}.ledger.jsonl", store.name)))?;
+                trainer = trainer.with_user_level_dp(UserLevelDp {
+                    guard,
+                    expected_batch: cli.dp_batch,
+                    noise_multiplier: sigma * inflate,
+                    clip_norm: cli.clip_norm,
+                    negatives: CandidateConfig::default().uniform,
+                });
+            }
+            logs.push((store.name.clone(), trainer.log.clone()));
             agents.push(tokio::spawn(async move {
                 let (identity, trust) = bundle.tls().map_err(|e| e.to_string())?;
-                let endpoint =
-                    StoreEndpoint::new(Some(&identity), &trust, &TransportTuning::default()).map_err(|e| e.to_string())?;
-                let conn = endpoint
-                    .connect(addr, &bundle.aggregator_name)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let endpoint = StoreEndpoint::new(Some(&identity), &trust, &TransportTuning::default()).map_err(|e| e.to_string())?;
                 let opts = AgentOptions {
                     software_version: env!("CARGO_PKG_VERSION").into(),
                     capabilities: Capabilities {
@@ -273,24 +379,33 @@ fn main() -> anyhow::Result<()> {
                     max_model_bytes: 1 << 30,
                     rounding_seed: i as u64,
                 };
-                run_session(&conn, &mut trainer, &opts).await.map_err(|e| e.to_string())
+                run_agent(&endpoint, addr, &bundle.aggregator_name, &mut trainer, &opts, Backoff::default(), None)
+                    .await
+                    .map_err(|e| e.to_string())
             }));
         }
         let report = service.await?.context("aggregator")?;
-        let mut reports = Vec::new();
+        let mut runs = Vec::new();
         for a in agents {
-            reports.push(a.await?.map_err(anyhow::Error::msg)?);
+            runs.push(a.await?.map_err(anyhow::Error::msg)?);
         }
-        anyhow::Ok((report, reports))
+        anyhow::Ok((report, runs))
     })?;
+    let federation_seconds = started.elapsed().as_secs_f64();
 
-    // Evaluate every committed global model on the held-out test items.
-    let eval_catalog = features.to_tensors(vocabulary, &base);
+    // Evaluate every committed global model on the stores' shoppers' test items.
+    let eval_catalog = features.to_tensors(features.vocabulary(TITLE_LEN), &base);
+    let config = shape.config(&features.vocabulary(TITLE_LEN));
     let state = AggregatorState::open(&state_dir)?;
-    let losses = losses.lock().unwrap().clone();
+    let test_cases: Vec<usize> = stores.iter().flat_map(|s| cases_of(s.index, Holdout::Test)).collect();
+    let round_logs = |round: u64| -> Vec<RoundLog> {
+        logs.iter()
+            .flat_map(|(_, l)| l.lock().expect("log").iter().filter(|r| r.round == round).cloned().collect::<Vec<_>>())
+            .collect()
+    };
     println!(
-        "\n{:>5} {:>7} {:>10} {:>9} {:>9} {:>12}",
-        "round", "stores", "train loss", "HR@10", "NDCG@10", "HR@10 (99)"
+        "\n{:>5} {:>7} {:>10} {:>9} {:>9} {:>12} {:>8}",
+        "round", "stores", "train loss", "HR@10", "NDCG@10", "HR@10 (99)", "max ε"
     );
     let mut rounds = Vec::new();
     let mut last = None;
@@ -306,26 +421,32 @@ fn main() -> anyhow::Result<()> {
             .iter()
             .map(|t| (t.name.clone(), t.shape.iter().map(|d| *d as usize).collect()))
             .collect();
-        let named = unflatten(&shapes, &snapshot.params)?;
-        let model = import(config.init(&base), &named)?;
-        let e = evaluate(&mut FusedScorer::new(&model, &eval_catalog), &split, Holdout::Test, 256, 10);
-        let round_losses: Vec<f64> = losses.iter().filter(|(k, _)| *k == r.round_id).map(|(_, l)| *l).collect();
-        let loss = (!round_losses.is_empty()).then(|| round_losses.iter().sum::<f64>() / round_losses.len() as f64);
+        let model = import(config.init(&base), &unflatten(&shapes, &snapshot.params)?)?;
+        let mut acc = EvalAccumulator::default();
+        evaluate_into(&mut FusedScorer::new(&model, &eval_catalog), &split, Holdout::Test, &test_cases, 256, &mut acc);
+        let e = acc.finish(10);
+        let logs = round_logs(r.round_id);
+        let losses: Vec<f64> = logs.iter().map(|l| l.train_loss).filter(|l| l.is_finite()).collect();
+        let loss = (!losses.is_empty()).then(|| losses.iter().sum::<f64>() / losses.len() as f64);
+        let eps = logs.iter().filter_map(|l| l.epsilon).fold(None, |m: Option<f64>, e| Some(m.map_or(e, |m| m.max(e))));
         println!(
-            "{:>5} {:>7} {:>10} {:>9.4} {:>9.4} {:>12.4}",
+            "{:>5} {:>7} {:>10} {:>9.4} {:>9.4} {:>12.4} {:>8}",
             r.round_id,
             r.updates,
             loss.map_or("-".into(), |l| format!("{l:.4}")),
             e.full.overall.mean.hit_rate,
             e.full.overall.mean.ndcg,
-            e.sampled.overall.mean.hit_rate
+            e.sampled.overall.mean.hit_rate,
+            eps.map_or("-".into(), |e| format!("{e:.3}"))
         );
-        rounds.push(json!({"round": r.round_id, "stores": r.updates, "train_loss": loss,
+        rounds.push(json!({"round": r.round_id, "stores": r.updates, "train_loss": loss, "max_epsilon": eps,
             "hr10_full": e.full.overall.mean.hit_rate, "ndcg10_full": e.full.overall.mean.ndcg,
-            "hr10_sampled": e.sampled.overall.mean.hit_rate, "ndcg10_sampled": e.sampled.overall.mean.ndcg}));
+            "hr10_sampled": e.sampled.overall.mean.hit_rate, "ndcg10_sampled": e.sampled.overall.mean.ndcg,
+            "metrics": r.metrics.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>()}));
         last = Some(e);
     }
     let e = last.context("no model was committed")?;
+    let store_name = |s: &u16| dataset.stores.get(*s as usize).cloned().unwrap_or_default();
     let worst = e
         .full
         .by_store
@@ -334,28 +455,56 @@ fn main() -> anyhow::Result<()> {
     if let Some((s, m)) = worst {
         println!(
             "worst store: {} (HR@10 {:.4} over {} shoppers)",
-            dataset.stores[*s as usize], m.mean.hit_rate, m.cases
+            store_name(s),
+            m.mean.hit_rate,
+            m.cases
         );
     }
-    let bytes_up: u64 = agents.iter().map(|a| a.bytes_up).sum();
-    let bytes_down: u64 = agents.iter().map(|a| a.bytes_down).sum();
+    for (round, metrics) in &service_report.fine_tuning {
+        let get = |k: &str| metrics.iter().find(|(n, _)| n == k).map_or(f64::NAN, |(_, v)| *v);
+        println!(
+            "fine-tuning after round {round}: platform validation HR@10 {:.4} → {:.4}, NDCG@10 {:.4} → {:.4} ({})",
+            get("fine_tune_validation_hr10_before"),
+            get("fine_tune_validation_hr10_after"),
+            get("fine_tune_validation_ndcg10_before"),
+            get("fine_tune_validation_ndcg10_after"),
+            if get("fine_tune_kept") > 0.5 { "kept" } else { "discarded" }
+        );
+    }
+    let bytes_up: u64 = runs.iter().map(|a| a.bytes_up).sum();
+    let bytes_down: u64 = runs.iter().map(|a| a.bytes_down).sum();
+    let epsilon: serde_json::Map<String, serde_json::Value> = logs
+        .iter()
+        .map(|(name, l)| (name.clone(), json!(l.lock().expect("log").iter().filter_map(|r| r.epsilon).last())))
+        .collect();
     println!(
-        "bytes up {bytes_up}, down {bytes_down}; {:.1} s",
+        "bytes up {bytes_up}, down {bytes_down} ({:.0} up per store and round); federation {federation_seconds:.1} s, total {:.1} s",
+        bytes_up as f64 / (stores.len() as f64 * cli.rounds.max(1) as f64),
         started.elapsed().as_secs_f64()
     );
     if let Some(path) = cli.report {
         let report = json!({
+            "data": cli.data.to_string(),
+            "config": {"rounds": cli.rounds, "local_epochs": cli.local_epochs, "lr": cli.lr, "batch_size": cli.batch_size,
+                "server_optimizer": cli.server_optimizer, "server_lr": cli.server_lr, "encoding": cli.encoding,
+                "dim": cli.dim, "max_len": cli.max_len, "head": cli.head, "seed": cli.seed,
+                "target_epsilon": cli.target_epsilon, "delta": cli.delta, "platform_share": cli.platform_share},
             "rounds": rounds,
+            "fine_tuning": service_report.fine_tuning.iter().map(|(r, m)| json!({"round": r,
+                "metrics": m.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>()})).collect::<Vec<_>>(),
             "final": {
                 "hr10_full": e.full.overall.mean.hit_rate, "ndcg10_full": e.full.overall.mean.ndcg,
                 "hr10_sampled": e.sampled.overall.mean.hit_rate, "ndcg10_sampled": e.sampled.overall.mean.ndcg,
-                "per_store_hr10_full": e.full.by_store.iter().map(|(s, m)| (dataset.stores[*s as usize].clone(), json!(m.mean.hit_rate))).collect::<serde_json::Map<_, _>>(),
-                "epsilon": null,
+                "hr10_full_distinct_timestamps": e.full.distinct_timestamps.mean.hit_rate,
+                "per_store": e.full.by_store.iter().map(|(s, m)| (store_name(s), json!({"hr10": m.mean.hit_rate, "ndcg10": m.mean.ndcg, "cases": m.cases}))).collect::<serde_json::Map<_, _>>(),
+                "worst_store": worst.map(|(s, m)| json!({"store": store_name(s), "hr10": m.mean.hit_rate})),
+                "epsilon": epsilon,
                 "bytes_up": bytes_up, "bytes_down": bytes_down,
-                "seconds": started.elapsed().as_secs_f64(),
+                "seconds": federation_seconds,
             }
         });
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("report written to {}", path.display());
     }
     Ok(())
 }

@@ -115,9 +115,53 @@ impl Partition {
     }
 }
 
+/// Name of the store [`hold_out_platform`] creates.
+pub const PLATFORM_STORE: &str = "platform";
+
+/// Moves a share of every store's shoppers (chosen by a hash of the shopper id and `seed`) into
+/// a new store [`PLATFORM_STORE`]: shoppers the platform owns, kept out of every partner store,
+/// for its own fine-tuning and evaluation. Returns the new store's index.
+pub fn hold_out_platform(dataset: &mut Dataset, share: f64, seed: u64) -> u16 {
+    let index = dataset.stores.len() as u16;
+    dataset.stores.push(PLATFORM_STORE.to_owned());
+    for (i, shopper) in dataset.shoppers.iter_mut().enumerate() {
+        let mut z = (i as u64) ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        if ((z >> 11) as f64 / (1u64 << 53) as f64) < share {
+            shopper.store = index;
+        }
+    }
+    index
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_platform_holds_out_about_its_share() {
+        let mut dataset = Dataset {
+            shoppers: (0..2000).map(|_| shopper(Some("12345"), None, None)).collect(),
+            stores: vec!["zip-1".into()],
+            ..Dataset::default()
+        };
+        let p = hold_out_platform(&mut dataset, 0.1, 3);
+        assert_eq!(dataset.stores[p as usize], PLATFORM_STORE);
+        let held = dataset.store_sizes()[p as usize];
+        assert!((150..250).contains(&held), "{held} of 2000");
+        let again = {
+            let mut d = Dataset {
+                shoppers: (0..2000).map(|_| shopper(Some("12345"), None, None)).collect(),
+                stores: vec!["zip-1".into()],
+                ..Dataset::default()
+            };
+            hold_out_platform(&mut d, 0.1, 3);
+            d.shoppers.iter().map(|s| s.store).collect::<Vec<_>>()
+        };
+        assert_eq!(again, dataset.shoppers.iter().map(|s| s.store).collect::<Vec<_>>(), "deterministic");
+    }
 
     fn shopper(zip: Option<&str>, age: Option<u8>, occupation: Option<&str>) -> ShopperInfo {
         ShopperInfo {
