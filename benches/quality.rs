@@ -45,15 +45,15 @@ fn args() -> Args {
             .iter()
             .map(|s| s.parse().expect("--seeds takes integers"))
             .collect(),
-        only: value("--only").map(list).unwrap_or_else(|| {
-            std::iter::once("fused")
-                .chain(BRANCHES)
-                .map(str::to_owned)
-                .collect()
-        }),
+        only: value("--only")
+            .map(list)
+            .unwrap_or_else(|| std::iter::once("fused").chain(BRANCHES).map(str::to_owned).collect()),
         write: !a.iter().any(|x| x == "--no-write"),
     }
 }
+
+/// A table row: name, mean metrics, their std over seeds (neural rows), note.
+type Row = (String, [f64; 6], Option<[f64; 6]>, String);
 
 /// The metrics of one row: full HR/NDCG, sampled HR/NDCG, distinct-timestamp full HR/NDCG.
 fn metrics(e: &Evaluation) -> [f64; 6] {
@@ -95,16 +95,26 @@ fn main() {
     let dataset = source.load(&Default::default()).expect("MovieLens-100K loads");
     let split = Split::new(&dataset, &SplitConfig::default()).expect("the split");
     let n_items = dataset.catalog.len();
-    let mut rows: Vec<(String, [f64; 6], Option<[f64; 6]>, String)> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
 
     // Baselines, each measured here on the same split.
-    let pop = evaluate(&mut Popularity::new(split.train_item_counts()), &split, Holdout::Test, 256, 10);
+    let pop = evaluate(
+        &mut Popularity::new(split.train_item_counts()),
+        &split,
+        Holdout::Test,
+        256,
+        10,
+    );
     rows.push(("popularity".into(), metrics(&pop), None, "training events per item".into()));
     let sequences = split.train_sequences();
     let mut best: Option<(f64, f64)> = None;
     for lambda in [50.0, 100.0, 200.0, 400.0, 800.0, 1600.0] {
         let mut ease = Ease::fit(&sequences, n_items, lambda).expect("EASE fits");
-        let v = evaluate(&mut ease, &split, Holdout::Validation, 256, 10).full.overall.mean.ndcg;
+        let v = evaluate(&mut ease, &split, Holdout::Validation, 256, 10)
+            .full
+            .overall
+            .mean
+            .ndcg;
         eprintln!("EASE λ={lambda}: validation NDCG@10 {v:.4}");
         if best.is_none_or(|(b, _)| v > b) {
             best = Some((v, lambda));
@@ -113,7 +123,12 @@ fn main() {
     let (_, lambda) = best.expect("a λ");
     let mut ease = Ease::fit(&sequences, n_items, lambda).expect("EASE fits");
     let e = evaluate(&mut ease, &split, Holdout::Test, 256, 10);
-    rows.push(("EASE".into(), metrics(&e), None, format!("λ = {lambda} (best validation NDCG@10)")));
+    rows.push((
+        "EASE".into(),
+        metrics(&e),
+        None,
+        format!("λ = {lambda} (best validation NDCG@10)"),
+    ));
 
     let shape = ModelShape::default();
     let train = TrainConfig {
@@ -159,7 +174,11 @@ fn main() {
             examples_per_second.push((name.clone(), outcome.examples_per_second));
         }
         let (mean, std) = mean_std(&per_seed);
-        let label = if only.is_none() { "fused (all branches)".to_string() } else { format!("{name} branch alone") };
+        let label = if only.is_none() {
+            "fused (all branches)".to_string()
+        } else {
+            format!("{name} branch alone")
+        };
         rows.push((label, mean, Some(std), format!("best epochs {epochs:?}")));
     }
 
@@ -190,7 +209,10 @@ fn main() {
     }
     table.push_str("| *SASRec (2 blocks, 64 dims, CE), reported for this protocol* | *0.21* | *0.11* | *0.70* | *0.44* | | | reference from the issue, not rerun here |\n");
     let speed: Vec<String> = examples_per_second.iter().map(|(n, e)| format!("{n} {e:.0}")).collect();
-    table.push_str(&format!("\nTraining speed (next-item predictions per second, per seed): {}.\n", speed.join(", ")));
+    table.push_str(&format!(
+        "\nTraining speed (next-item predictions per second, per seed): {}.\n",
+        speed.join(", ")
+    ));
     println!("{table}");
     if args.write {
         benchmarks_md::write_section(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), "quality-ml100k", &table);

@@ -136,7 +136,11 @@ fn server_optimizer(name: &str, lr: f32) -> anyhow::Result<ServerOptimizerConfig
             beta2: 0.99,
             tau: 1e-3,
         },
-        "fedadagrad" => ServerOptimizerConfig::FedAdagrad { lr, beta1: 0.0, tau: 1e-3 },
+        "fedadagrad" => ServerOptimizerConfig::FedAdagrad {
+            lr,
+            beta1: 0.0,
+            tau: 1e-3,
+        },
         other => anyhow::bail!("unknown server optimiser {other:?}: use fedavg, fedadam, fedyogi or fedadagrad"),
     })
 }
@@ -231,7 +235,10 @@ fn main() -> anyhow::Result<()> {
         dataset.shoppers.len(),
         features.category.len(),
         stores.len(),
-        platform.map_or(String::new(), |p| format!(" + {} platform shoppers", dataset.store_sizes()[p as usize])),
+        platform.map_or(String::new(), |p| format!(
+            " + {} platform shoppers",
+            dataset.store_sizes()[p as usize]
+        )),
         cli.rounds,
         cli.local_epochs,
         dims
@@ -244,7 +251,13 @@ fn main() -> anyhow::Result<()> {
         let own: Vec<Vec<u32>> = sequences
             .iter()
             .enumerate()
-            .map(|(s, seq)| if dataset.shoppers[s].store == p { seq.clone() } else { Vec::new() })
+            .map(|(s, seq)| {
+                if dataset.shoppers[s].store == p {
+                    seq.clone()
+                } else {
+                    Vec::new()
+                }
+            })
             .collect();
         Box::new(FusionFineTuner::new(
             shape,
@@ -330,7 +343,13 @@ fn main() -> anyhow::Result<()> {
             let own: Vec<Vec<u32>> = sequences
                 .iter()
                 .enumerate()
-                .map(|(s, seq)| if dataset.shoppers[s].store == store.index { seq.clone() } else { Vec::new() })
+                .map(|(s, seq)| {
+                    if dataset.shoppers[s].store == store.index {
+                        seq.clone()
+                    } else {
+                        Vec::new()
+                    }
+                })
                 .collect();
             let data = StoreData {
                 features: features.clone(),
@@ -345,8 +364,10 @@ fn main() -> anyhow::Result<()> {
                 // The noise this store's size needs for ε over every round it will train.
                 let q = (cli.dp_batch / store.shoppers as f64).min(1.0);
                 let steps = cli.rounds * (f64::from(cli.local_epochs) / q).ceil() as u64;
-                let sigma = noise_multiplier_for(epsilon * 0.99, cli.delta, q, steps, Accountant::Pld).map_err(anyhow::Error::msg)?;
-                let inflate = GridGaussian::new(sigma * cli.clip_norm, DEFAULT_GRID_EXPONENT)?.effective_sensitivity(cli.clip_norm, dims)
+                let sigma =
+                    noise_multiplier_for(epsilon * 0.99, cli.delta, q, steps, Accountant::Pld).map_err(anyhow::Error::msg)?;
+                let inflate = GridGaussian::new(sigma * cli.clip_norm, DEFAULT_GRID_EXPONENT)?
+                    .effective_sensitivity(cli.clip_norm, dims)
                     / cli.clip_norm;
                 let policy = StorePrivacyPolicy {
                     budget: Budget {
@@ -369,7 +390,8 @@ fn main() -> anyhow::Result<()> {
             logs.push((store.name.clone(), trainer.log.clone()));
             agents.push(tokio::spawn(async move {
                 let (identity, trust) = bundle.tls().map_err(|e| e.to_string())?;
-                let endpoint = StoreEndpoint::new(Some(&identity), &trust, &TransportTuning::default()).map_err(|e| e.to_string())?;
+                let endpoint =
+                    StoreEndpoint::new(Some(&identity), &trust, &TransportTuning::default()).map_err(|e| e.to_string())?;
                 let opts = AgentOptions {
                     software_version: env!("CARGO_PKG_VERSION").into(),
                     capabilities: Capabilities {
@@ -379,9 +401,17 @@ fn main() -> anyhow::Result<()> {
                     max_model_bytes: 1 << 30,
                     rounding_seed: i as u64,
                 };
-                run_agent(&endpoint, addr, &bundle.aggregator_name, &mut trainer, &opts, Backoff::default(), None)
-                    .await
-                    .map_err(|e| e.to_string())
+                run_agent(
+                    &endpoint,
+                    addr,
+                    &bundle.aggregator_name,
+                    &mut trainer,
+                    &opts,
+                    Backoff::default(),
+                    None,
+                )
+                .await
+                .map_err(|e| e.to_string())
             }));
         }
         let report = service.await?.context("aggregator")?;
@@ -400,7 +430,14 @@ fn main() -> anyhow::Result<()> {
     let test_cases: Vec<usize> = stores.iter().flat_map(|s| cases_of(s.index, Holdout::Test)).collect();
     let round_logs = |round: u64| -> Vec<RoundLog> {
         logs.iter()
-            .flat_map(|(_, l)| l.lock().expect("log").iter().filter(|r| r.round == round).cloned().collect::<Vec<_>>())
+            .flat_map(|(_, l)| {
+                l.lock()
+                    .expect("log")
+                    .iter()
+                    .filter(|r| r.round == round)
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
             .collect()
     };
     println!(
@@ -423,12 +460,22 @@ fn main() -> anyhow::Result<()> {
             .collect();
         let model = import(config.init(&base), &unflatten(&shapes, &snapshot.params)?)?;
         let mut acc = EvalAccumulator::default();
-        evaluate_into(&mut FusedScorer::new(&model, &eval_catalog), &split, Holdout::Test, &test_cases, 256, &mut acc);
+        evaluate_into(
+            &mut FusedScorer::new(&model, &eval_catalog),
+            &split,
+            Holdout::Test,
+            &test_cases,
+            256,
+            &mut acc,
+        );
         let e = acc.finish(10);
         let logs = round_logs(r.round_id);
         let losses: Vec<f64> = logs.iter().map(|l| l.train_loss).filter(|l| l.is_finite()).collect();
         let loss = (!losses.is_empty()).then(|| losses.iter().sum::<f64>() / losses.len() as f64);
-        let eps = logs.iter().filter_map(|l| l.epsilon).fold(None, |m: Option<f64>, e| Some(m.map_or(e, |m| m.max(e))));
+        let eps = logs
+            .iter()
+            .filter_map(|l| l.epsilon)
+            .fold(None, |m: Option<f64>, e| Some(m.map_or(e, |m| m.max(e))));
         println!(
             "{:>5} {:>7} {:>10} {:>9.4} {:>9.4} {:>12.4} {:>8}",
             r.round_id,
@@ -439,10 +486,12 @@ fn main() -> anyhow::Result<()> {
             e.sampled.overall.mean.hit_rate,
             eps.map_or("-".into(), |e| format!("{e:.3}"))
         );
-        rounds.push(json!({"round": r.round_id, "stores": r.updates, "train_loss": loss, "max_epsilon": eps,
+        rounds.push(
+            json!({"round": r.round_id, "stores": r.updates, "train_loss": loss, "max_epsilon": eps,
             "hr10_full": e.full.overall.mean.hit_rate, "ndcg10_full": e.full.overall.mean.ndcg,
             "hr10_sampled": e.sampled.overall.mean.hit_rate, "ndcg10_sampled": e.sampled.overall.mean.ndcg,
-            "metrics": r.metrics.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>()}));
+            "metrics": r.metrics.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>()}),
+        );
         last = Some(e);
     }
     let e = last.context("no model was committed")?;
@@ -475,7 +524,12 @@ fn main() -> anyhow::Result<()> {
     let bytes_down: u64 = runs.iter().map(|a| a.bytes_down).sum();
     let epsilon: serde_json::Map<String, serde_json::Value> = logs
         .iter()
-        .map(|(name, l)| (name.clone(), json!(l.lock().expect("log").iter().filter_map(|r| r.epsilon).last())))
+        .map(|(name, l)| {
+            (
+                name.clone(),
+                json!(l.lock().expect("log").iter().filter_map(|r| r.epsilon).next_back()),
+            )
+        })
         .collect();
     println!(
         "bytes up {bytes_up}, down {bytes_down} ({:.0} up per store and round); federation {federation_seconds:.1} s, total {:.1} s",

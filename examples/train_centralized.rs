@@ -260,7 +260,11 @@ fn main() -> anyhow::Result<()> {
 
     // Means over seeds, per trained configuration.
     let mean_of = |branch: &str, f: &dyn Fn(&Evaluation) -> f64| -> f64 {
-        let v: Vec<f64> = runs.iter().filter(|(b, _, _)| b == branch).map(|(_, _, o)| f(&o.test)).collect();
+        let v: Vec<f64> = runs
+            .iter()
+            .filter(|(b, _, _)| b == branch)
+            .map(|(_, _, o)| f(&o.test))
+            .collect();
         v.iter().sum::<f64>() / v.len().max(1) as f64
     };
     let first = &cli.branches[0];

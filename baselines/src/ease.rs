@@ -68,7 +68,7 @@ fn invert_spd(mut a: Vec<f64>, n: usize) -> Result<Vec<f64>, BaselineError> {
             row_j[k] = (row_j[k] - s) / done[k * n + k];
         }
         let d = row_j[j] - row_j[..j].iter().map(|x| x * x).sum::<f64>();
-        if !(d > 0.0) {
+        if d.is_nan() || d <= 0.0 {
             return Err(BaselineError::NotPositiveDefinite(j));
         }
         row_j[j] = d.sqrt();

@@ -178,7 +178,14 @@ impl AgentConfig {
 
     /// The configuration as TOML, every field commented.
     pub fn to_commented_toml(&self) -> String {
-        let (a, r, d, m, t, p) = (&self.agent, &self.reconnect, &self.data, &self.model, &self.training, &self.privacy);
+        let (a, r, d, m, t, p) = (
+            &self.agent,
+            &self.reconnect,
+            &self.data,
+            &self.model,
+            &self.training,
+            &self.privacy,
+        );
         let mode = match p.mode {
             PrivacyMode::None => "none",
             PrivacyMode::Shopper => "shopper",
@@ -293,6 +300,9 @@ mod tests {
         let text = c.to_commented_toml();
         let back: AgentConfig = toml::from_str(&text).unwrap();
         assert_eq!(back, c);
-        assert!(toml::from_str::<AgentConfig>("[agent]\nbundel = \"x\"\n").is_err(), "typos are refused");
+        assert!(
+            toml::from_str::<AgentConfig>("[agent]\nbundel = \"x\"\n").is_err(),
+            "typos are refused"
+        );
     }
 }

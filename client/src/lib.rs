@@ -289,7 +289,7 @@ pub async fn run_agent(
     let mut run = AgentRun::default();
     let mut delay = backoff.initial;
     let mut failures = 0u32;
-    let mut jitter = opts.rounding_seed ^ 0x5DEE_CE66_D;
+    let mut jitter = opts.rounding_seed ^ 0x0005_DEEC_E66D;
     loop {
         let outcome = match endpoint.connect(addr, server_name).await {
             Ok(conn) => {
@@ -320,7 +320,10 @@ pub async fn run_agent(
         tracing::warn!(%outcome, attempt = failures, retry_in_ms = delay.as_millis() as u64, "aggregator unreachable");
         run.interruptions.push(outcome.clone());
         if backoff.attempts > 0 && failures >= backoff.attempts {
-            return Err(AgentError::GaveUp { attempts: failures, last: outcome });
+            return Err(AgentError::GaveUp {
+                attempts: failures,
+                last: outcome,
+            });
         }
         // Up to 25% jitter so that stores cut off together do not return together.
         jitter = jitter.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);

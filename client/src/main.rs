@@ -193,7 +193,10 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
             .await?,
         )
     })?;
-    println!("{:>6} {:>12} {:>12} {:>10} {:>9} {:>8}", "round", "offered HR", "offered NDCG", "loss", "examples", "ε");
+    println!(
+        "{:>6} {:>12} {:>12} {:>10} {:>9} {:>8}",
+        "round", "offered HR", "offered NDCG", "loss", "examples", "ε"
+    );
     for r in trainer.log.lock().expect("log").iter() {
         let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
         println!(

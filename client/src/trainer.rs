@@ -180,7 +180,14 @@ impl FusedTrainer {
     fn validate(&self, model: &FusedRecommender) -> Option<(f64, f64)> {
         let (split, cases) = self.data.validation.as_ref()?;
         let mut acc = EvalAccumulator::default();
-        evaluate_into(&mut FusedScorer::new(model, &self.eval_catalog), split, Holdout::Validation, cases, 256, &mut acc);
+        evaluate_into(
+            &mut FusedScorer::new(model, &self.eval_catalog),
+            split,
+            Holdout::Validation,
+            cases,
+            256,
+            &mut acc,
+        );
         let e = acc.finish(10);
         Some((e.full.overall.mean.hit_rate, e.full.overall.mean.ndcg))
     }
@@ -221,9 +228,7 @@ impl LocalTrainer for FusedTrainer {
             }
             None => {
                 let (model, mut optim) = match self.kept.take() {
-                    Some((model, optim)) if self.keep_optimizer => {
-                        (import(model, &offered).map_err(|e| e.to_string())?, optim)
-                    }
+                    Some((model, optim)) if self.keep_optimizer => (import(model, &offered).map_err(|e| e.to_string())?, optim),
                     _ => (
                         import(self.config.init(&train_device), &offered).map_err(|e| e.to_string())?,
                         AdamWConfig::new().with_weight_decay(1e-4).init(),
@@ -242,7 +247,14 @@ impl LocalTrainer for FusedTrainer {
                     seed: self.seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15),
                     ..TrainConfig::default()
                 };
-                let (model, reports) = train_with(model, &mut optim, &self.train_catalog, &self.data.sequences, &config, |_, _| true);
+                let (model, reports) = train_with(
+                    model,
+                    &mut optim,
+                    &self.train_catalog,
+                    &self.data.sequences,
+                    &config,
+                    |_, _| true,
+                );
                 let examples: usize = reports.iter().map(|r| r.examples).sum();
                 let loss = reports.last().map_or(f64::NAN, |r| r.mean_loss);
                 let plain = model.valid();

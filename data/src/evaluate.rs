@@ -156,7 +156,7 @@ mod tests {
     fn a_fixed_ranking_scores_as_computed_by_hand() {
         let dataset: Dataset = crate::synthetic::generate(&SyntheticConfig {
             shoppers: 300,
-            items: 120,
+            items: 400,
             events: 6000,
             ..SyntheticConfig::default()
         })
@@ -172,7 +172,11 @@ mod tests {
         }
         let want = hits as f64 / split.test.len() as f64;
         assert!(want > 0.0, "the hand computation found hits to compare");
-        assert!((e.full.overall.mean.hit_rate - want).abs() < 1e-12, "{} vs {want}", e.full.overall.mean.hit_rate);
+        assert!(
+            (e.full.overall.mean.hit_rate - want).abs() < 1e-12,
+            "{} vs {want}",
+            e.full.overall.mean.hit_rate
+        );
         assert_eq!(e.full.overall.cases, split.test.len());
         // The all-equal component ranks pessimistically: ties count against the target.
         let flat = &e.components_full[0];

@@ -160,7 +160,11 @@ mod tests {
             hold_out_platform(&mut d, 0.1, 3);
             d.shoppers.iter().map(|s| s.store).collect::<Vec<_>>()
         };
-        assert_eq!(again, dataset.shoppers.iter().map(|s| s.store).collect::<Vec<_>>(), "deterministic");
+        assert_eq!(
+            again,
+            dataset.shoppers.iter().map(|s| s.store).collect::<Vec<_>>(),
+            "deterministic"
+        );
     }
 
     fn shopper(zip: Option<&str>, age: Option<u8>, occupation: Option<&str>) -> ShopperInfo {

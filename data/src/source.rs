@@ -23,7 +23,9 @@ impl std::str::FromStr for DataSource {
             Some(("movielens", path)) if !path.is_empty() => Ok(Self::MovieLens(PathBuf::from(path))),
             Some(("csv", path)) if !path.is_empty() => Ok(Self::Csv(PathBuf::from(path))),
             None if s == "synthetic" => Ok(Self::Synthetic),
-            _ => Err(format!("unknown data source {s:?}: use `synthetic`, `movielens:PATH` or `csv:DIR`")),
+            _ => Err(format!(
+                "unknown data source {s:?}: use `synthetic`, `movielens:PATH` or `csv:DIR`"
+            )),
         }
     }
 }

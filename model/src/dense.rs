@@ -22,10 +22,7 @@ impl DenseConfig {
     pub fn init(&self, device: &Device) -> Dense {
         // burn's Linear default (Kaiming uniform with gain 1/√3): U(−1/√in, 1/√in).
         let bound = 1.0 / (self.input.max(1) as f64).sqrt();
-        let init = Initializer::Uniform {
-            min: -bound,
-            max: bound,
-        };
+        let init = Initializer::Uniform { min: -bound, max: bound };
         Dense {
             weight: init.init([1, self.input, self.output], device),
             bias: self.bias.then(|| init.init([1, 1, self.output], device)),
@@ -126,7 +123,10 @@ mod tests {
     fn norm_normalises_the_last_axis() {
         let device = Device::flex();
         let norm = NormConfig::new(4).init(&device);
-        let x = Tensor::<3>::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0, 10.0, 10.0, 10.0, 14.0], [1, 2, 4]), &device);
+        let x = Tensor::<3>::from_data(
+            TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0, 10.0, 10.0, 10.0, 14.0], [1, 2, 4]),
+            &device,
+        );
         let y: Vec<f32> = norm.forward(x).to_data().try_to_vec().unwrap();
         for row in y.chunks(4) {
             let mean: f32 = row.iter().sum::<f32>() / 4.0;

@@ -12,6 +12,7 @@
 //! - embedding tables are not expanded (a 1,683 × 64 table per shopper would be wasteful):
 //!   the rows each shopper's computation reads (its history, its targets, the shared candidates)
 //!   are gathered, and those gathered rows are the leaves, `[B, N, d]`.
+//!
 //! One batched forward and one `backward()` then leave shopper b's gradient in slice b of
 //! every leaf. A table's per-shopper gradient is the scatter-add of that shopper's row
 //! gradients (rows repeat: an item seen twice, a category shared by two items); norms are taken
@@ -185,7 +186,10 @@ impl ModuleVisitor for DenseGrads<'_> {
         let t = param.val();
         let mut shape = t.dims().to_vec();
         shape[0] = 1;
-        let g = t.grad(self.grads).map(values).unwrap_or_else(|| vec![0.0; t.dims().iter().product()]);
+        let g = t
+            .grad(self.grads)
+            .map(values)
+            .unwrap_or_else(|| vec![0.0; t.dims().iter().product()]);
         self.out.push((self.path.join("."), shape, g));
     }
 }
@@ -256,7 +260,9 @@ pub fn shopper_gradients(
     objective: Objective,
 ) -> Result<ShopperGradients, DpSgdError> {
     if model.sequence.is_lstm() {
-        return Err(DpSgdError::Unsupported("the LSTM encoder (burn's Lstm has 2-D weights)".into()));
+        return Err(DpSgdError::Unsupported(
+            "the LSTM encoder (burn's Lstm has 2-D weights)".into(),
+        ));
     }
     let b = batch.history.dims()[0];
     let mut expand = PerShopper {
@@ -374,12 +380,18 @@ impl ShopperGradients {
         let mut norm2 = 0f64;
         for (t, rows) in s.touched.iter().enumerate() {
             for &r in rows {
-                norm2 += s.values[t][r * d..(r + 1) * d].iter().map(|v| f64::from(*v).powi(2)).sum::<f64>();
+                norm2 += s.values[t][r * d..(r + 1) * d]
+                    .iter()
+                    .map(|v| f64::from(*v).powi(2))
+                    .sum::<f64>();
             }
         }
         for (_, _, g) in &self.dense {
             let numel = g.len() / self.shoppers;
-            norm2 += g[b * numel..(b + 1) * numel].iter().map(|v| f64::from(*v).powi(2)).sum::<f64>();
+            norm2 += g[b * numel..(b + 1) * numel]
+                .iter()
+                .map(|v| f64::from(*v).powi(2))
+                .sum::<f64>();
         }
         norm2
     }
@@ -414,7 +426,11 @@ impl ShopperGradients {
         let d = self.dim;
         let mut s = self.scratch();
         let mut tables: Vec<Vec<f32>> = self.table_rows.iter().map(|r| vec![0f32; r * d]).collect();
-        let mut dense: Vec<Vec<f32>> = self.dense.iter().map(|(_, _, g)| vec![0f32; g.len() / self.shoppers.max(1)]).collect();
+        let mut dense: Vec<Vec<f32>> = self
+            .dense
+            .iter()
+            .map(|(_, _, g)| vec![0f32; g.len() / self.shoppers.max(1)])
+            .collect();
         let mut norms = Vec::with_capacity(self.shoppers);
         for b in 0..self.shoppers {
             let norm = self.gather_shopper(b, &mut s).sqrt();
@@ -537,7 +553,15 @@ pub fn train_dp_sgd_with(
                 in_batch: 0,
                 uniform: config.negatives,
             };
-            let b = batch(sequences, &batch_windows, n_items, candidates, config.max_len, &mut draws, &device);
+            let b = batch(
+                sequences,
+                &batch_windows,
+                n_items,
+                candidates,
+                config.max_len,
+                &mut draws,
+                &device,
+            );
             let g = shopper_gradients(&model, catalog, &b, config.objective)?;
             let (s, norms) = g.clipped_sum(config.clip_norm);
             sampled += norms.len();

@@ -13,7 +13,12 @@ use crate::window::left_padded;
 
 /// Scores histories (data ids, most recent last) against the whole catalog (`candidates`,
 /// from [`crate::item_tower::ItemTower::catalog_vectors`]): `[B, 1, n]`.
-pub fn score_histories(model: &FusedRecommender, catalog: &CatalogTensors, candidates: &ItemVectors, histories: &[Vec<u32>]) -> Scores {
+pub fn score_histories(
+    model: &FusedRecommender,
+    catalog: &CatalogTensors,
+    candidates: &ItemVectors,
+    histories: &[Vec<u32>],
+) -> Scores {
     let device = catalog.category.device();
     let max_len = model.sequence.max_len();
     let history: Vec<i64> = histories.iter().flat_map(|s| left_padded(s, s.len(), max_len)).collect();

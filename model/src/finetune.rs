@@ -34,7 +34,14 @@ pub struct FineTuneReport {
 
 fn validation(model: &FusedRecommender, catalog: &CatalogTensors, split: &Split, cases: &[usize]) -> (f64, f64) {
     let mut acc = EvalAccumulator::default();
-    evaluate_into(&mut FusedScorer::new(model, catalog), split, Holdout::Validation, cases, 256, &mut acc);
+    evaluate_into(
+        &mut FusedScorer::new(model, catalog),
+        split,
+        Holdout::Validation,
+        cases,
+        256,
+        &mut acc,
+    );
     let e = acc.finish(10);
     (e.full.overall.mean.hit_rate, e.full.overall.mean.ndcg)
 }
@@ -42,6 +49,7 @@ fn validation(model: &FusedRecommender, catalog: &CatalogTensors, split: &Split,
 /// Fine-tunes the fusion of `model` (plain device) on the platform's `sequences`, validated on
 /// `validation_cases` of `split`. `train_catalog` lives on the autodiff twin of the device of
 /// `eval_catalog`. Returns the model to publish.
+#[allow(clippy::too_many_arguments)]
 pub fn fine_tune_fusion(
     model: &FusedRecommender,
     config: &crate::fused::FusedConfig,

@@ -191,12 +191,7 @@ pub fn groups(dataset: &Dataset, split: &Split, grouping: Grouping) -> Vec<Group
             .stores
             .iter()
             .enumerate()
-            .map(|(s, name)| {
-                (
-                    name.clone(),
-                    dataset.shoppers.iter().map(|i| i.store as usize == s).collect(),
-                )
-            })
+            .map(|(s, name)| (name.clone(), dataset.shoppers.iter().map(|i| i.store as usize == s).collect()))
             .collect(),
     };
     members
@@ -308,7 +303,8 @@ pub struct DpSpend {
 pub fn plan_dp_sgd(plan: &DpPlan, shoppers: usize, dims: usize, max_len: usize) -> Result<(DpSgdConfig, DpSpend), String> {
     let q = (plan.expected_batch / shoppers.max(1) as f64).min(1.0);
     let steps = (plan.epochs / q).ceil().max(1.0) as usize;
-    let sigma = noise_multiplier_for(plan.target_epsilon, plan.delta, q, steps as u64, Accountant::Pld).map_err(|e| e.to_string())?;
+    let sigma =
+        noise_multiplier_for(plan.target_epsilon, plan.delta, q, steps as u64, Accountant::Pld).map_err(|e| e.to_string())?;
     let grid = fedfuse_privacy::noise::DEFAULT_GRID_EXPONENT;
     let inflate = (plan.clip_norm + (dims as f64).sqrt() * 2f64.powi(grid)) / plan.clip_norm;
     let config = DpSgdConfig {

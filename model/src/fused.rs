@@ -176,10 +176,7 @@ impl FusedRecommender {
         let item = targets.item();
         let cf = self.wants(0).then(|| dot_pairs(s.id_profile.clone(), targets.id.clone()));
         let content = self.wants(1).then(|| {
-            dot_pairs(
-                l2_normalise(s.content_profile.clone()),
-                l2_normalise(targets.content.clone()),
-            ) * self.content_scale()
+            dot_pairs(l2_normalise(s.content_profile.clone()), l2_normalise(targets.content.clone())) * self.content_scale()
         });
         let seq = self.wants(2).then(|| dot_pairs(s.interest.clone(), item.clone()));
         let mlp = self.wants(3).then(|| {
@@ -217,7 +214,10 @@ impl FusedRecommender {
         let out = if ew == 1 {
             w_out.reshape([1, 1, h]).matmul(hidden)
         } else {
-            w_out.reshape([b, 1, 1, h]).matmul(hidden.reshape([b, t, h, c])).reshape([b * t, 1, c])
+            w_out
+                .reshape([b, 1, 1, h])
+                .matmul(hidden.reshape([b, t, h, c]))
+                .reshape([b * t, 1, c])
         };
         let mut score = out.reshape([b, t, c]);
         if let Some(bias) = &self.head_out.bias {
@@ -235,9 +235,7 @@ impl FusedRecommender {
                 branches
                     .iter()
                     .enumerate()
-                    .map(|(k, s)| {
-                        s.clone().expect("all branches are computed") * w.clone().narrow(1, k, 1).reshape([e, 1, 1])
-                    })
+                    .map(|(k, s)| s.clone().expect("all branches are computed") * w.clone().narrow(1, k, 1).reshape([e, 1, 1]))
                     .reduce(|a, b| a + b)
                     .expect("four branches")
             }
@@ -247,9 +245,6 @@ impl FusedRecommender {
 
     /// The fusion weights softmax(α), for reports and explanations.
     pub fn fusion_weights(&self) -> Vec<f32> {
-        softmax(self.alpha.val(), 1)
-            .to_data()
-            .try_to_vec::<f32>()
-            .unwrap_or_default()
+        softmax(self.alpha.val(), 1).to_data().try_to_vec::<f32>().unwrap_or_default()
     }
 }

@@ -113,9 +113,22 @@ impl<'a> Recommender<'a> {
                 .zip(&s.branches)
                 .enumerate()
                 .filter_map(|(k, (name, b))| {
-                    let w = if self.model.only.is_some() { 1.0 } else { weights.get(k).copied().unwrap_or(0.0) };
-                    b.as_ref()
-                        .map(|b| (*name, b.to_data().try_to_vec::<f32>().unwrap_or_default().iter().map(|x| w * x).collect()))
+                    let w = if self.model.only.is_some() {
+                        1.0
+                    } else {
+                        weights.get(k).copied().unwrap_or(0.0)
+                    };
+                    b.as_ref().map(|b| {
+                        (
+                            *name,
+                            b.to_data()
+                                .try_to_vec::<f32>()
+                                .unwrap_or_default()
+                                .iter()
+                                .map(|x| w * x)
+                                .collect(),
+                        )
+                    })
                 })
                 .collect();
             (Basis::Personal, fused, Some(per_branch), self.attended(history))

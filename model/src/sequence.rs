@@ -103,7 +103,10 @@ impl SequenceEncoder {
         let table = self.position.val();
         let [e, _, d] = table.dims();
         if e == 1 {
-            table.squeeze_dim::<2>(0).select(0, positions.reshape([b * t])).reshape([b, t, d])
+            table
+                .squeeze_dim::<2>(0)
+                .select(0, positions.reshape([b * t]))
+                .reshape([b, t, d])
         } else {
             table.gather(1, positions.reshape([b, t, 1]).expand([b, t, d]))
         }
@@ -140,12 +143,14 @@ impl SequenceEncoder {
                 attention: None,
             };
         }
-        let positions = (Tensor::<1, Int>::arange(0..t as i64, &device).reshape([1, t]).expand([b, t])
-            - pads.expand([b, t]))
-        .clamp_min(0);
+        let positions =
+            (Tensor::<1, Int>::arange(0..t as i64, &device).reshape([1, t]).expand([b, t]) - pads.expand([b, t])).clamp_min(0);
         let x = self.dropout.forward((items + self.position_vectors(positions)) * keep);
         // Additive mask: a query sees itself and earlier, non-padded keys.
-        let causal = Tensor::<2>::ones([t, t], &device).triu(1).mul_scalar(-1e9).reshape([1, 1, t, t]);
+        let causal = Tensor::<2>::ones([t, t], &device)
+            .triu(1)
+            .mul_scalar(-1e9)
+            .reshape([1, 1, t, t]);
         let padded = pad.float().mul_scalar(-1e9).reshape([b, 1, 1, t]);
         let mask = causal.expand([b, 1, t, t]) + padded.expand([b, 1, t, t]);
         let mut h = x;
@@ -155,7 +160,13 @@ impl SequenceEncoder {
                 let (out, weights) = block.forward_with_attention(h, mask.clone());
                 h = out;
                 let heads = weights.dims()[1];
-                attention = Some(weights.narrow(2, t - 1, 1).sum_dim(1).div_scalar(heads as f64).reshape([b, t]));
+                attention = Some(
+                    weights
+                        .narrow(2, t - 1, 1)
+                        .sum_dim(1)
+                        .div_scalar(heads as f64)
+                        .reshape([b, t]),
+                );
             } else {
                 h = block.forward(h, mask.clone());
             }

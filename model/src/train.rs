@@ -212,7 +212,15 @@ pub fn train_with(
         let start = std::time::Instant::now();
         let (mut total, mut examples) = (0.0, 0usize);
         for chunk in all.chunks(batch_size) {
-            let b = batch(sequences, chunk, n_items, config.candidates, config.max_len, &mut rng, &device);
+            let b = batch(
+                sequences,
+                chunk,
+                n_items,
+                config.candidates,
+                config.max_len,
+                &mut rng,
+                &device,
+            );
             if b.predictions == 0 {
                 continue;
             }

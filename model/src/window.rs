@@ -207,10 +207,26 @@ mod tests {
         assert_eq!(
             w,
             vec![
-                Window { shopper: 0, start: 7, end: 12 },
-                Window { shopper: 0, start: 2, end: 7 },
-                Window { shopper: 0, start: 1, end: 2 },
-                Window { shopper: 2, start: 1, end: 2 },
+                Window {
+                    shopper: 0,
+                    start: 7,
+                    end: 12
+                },
+                Window {
+                    shopper: 0,
+                    start: 2,
+                    end: 7
+                },
+                Window {
+                    shopper: 0,
+                    start: 1,
+                    end: 2
+                },
+                Window {
+                    shopper: 2,
+                    start: 1,
+                    end: 2
+                },
             ]
         );
         let covered: usize = w.iter().map(|w| (w.end - w.start) as usize).sum();

@@ -99,12 +99,10 @@ fn every_position_sees_only_its_past() {
         let (m, catalog) = model_of(&device, 2, kind);
         let a = m.encode(ids(vec![0, 1, 2, 3, 4], [1, 5], &device), &catalog);
         let b = m.encode(ids(vec![0, 1, 2, 7, 8], [1, 5], &device), &catalog);
-        let prefix = |s: &fedfuse_model::fused::ShopperStates| {
-            s.interest.clone().narrow(1, 1, 2).to_data().try_to_vec::<f32>().unwrap()
-        };
-        let later = |s: &fedfuse_model::fused::ShopperStates| {
-            s.interest.clone().narrow(1, 3, 1).to_data().try_to_vec::<f32>().unwrap()
-        };
+        let prefix =
+            |s: &fedfuse_model::fused::ShopperStates| s.interest.clone().narrow(1, 1, 2).to_data().try_to_vec::<f32>().unwrap();
+        let later =
+            |s: &fedfuse_model::fused::ShopperStates| s.interest.clone().narrow(1, 3, 1).to_data().try_to_vec::<f32>().unwrap();
         for (x, y) in prefix(&a).iter().zip(prefix(&b)) {
             assert!((x - y).abs() < 1e-5, "{kind:?}: {x} vs {y}");
         }
@@ -200,7 +198,10 @@ fn training_learns_a_sequential_pattern() {
         assert_eq!(reports[0].examples, ITEMS * 9, "every next-item prediction once per epoch");
         let plain = m.valid();
         let after = walk_hit_rate(&plain, &plain_catalog(), &Device::flex());
-        assert!(after >= 0.75 && after > before, "{objective:?} {candidates:?}: HR@1 {before} → {after}");
+        assert!(
+            after >= 0.75 && after > before,
+            "{objective:?} {candidates:?}: HR@1 {before} → {after}"
+        );
         // The fusion weights moved away from uniform and still sum to one.
         let w = plain.fusion_weights();
         assert!((w.iter().sum::<f32>() - 1.0).abs() < 1e-5);

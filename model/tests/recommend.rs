@@ -29,7 +29,12 @@ fn recommendations_follow_the_query_explain_themselves_and_fall_back_to_popular(
     dataset.interactions.iter().for_each(|e| counts[e.item as usize] += 1);
     let r = Recommender::new(&model, &tensors, &dataset.catalog, &counts);
 
-    let history: Vec<u32> = dataset.interactions.iter().filter(|e| e.shopper == 0).map(|e| e.item).collect();
+    let history: Vec<u32> = dataset
+        .interactions
+        .iter()
+        .filter(|e| e.shopper == 0)
+        .map(|e| e.item)
+        .collect();
     assert!(!history.is_empty());
     let plain = r.recommend(&history, None, 10);
     assert_eq!(plain.basis, Basis::Personal);
@@ -39,21 +44,41 @@ fn recommendations_follow_the_query_explain_themselves_and_fall_back_to_popular(
         // The branch contributions add up to the fused score.
         let sum: f32 = rec.explanation.branches.iter().map(|(_, c)| c).sum();
         assert_eq!(rec.explanation.branches.len(), 4);
-        assert!((sum - rec.personal).abs() <= 1e-4 * rec.personal.abs().max(1.0), "{sum} vs {}", rec.personal);
-        assert!(rec.explanation.attended.iter().all(|(i, w)| history.contains(i) && *w > 0.0 && *w <= 1.0 + 1e-5));
+        assert!(
+            (sum - rec.personal).abs() <= 1e-4 * rec.personal.abs().max(1.0),
+            "{sum} vs {}",
+            rec.personal
+        );
+        assert!(
+            rec.explanation
+                .attended
+                .iter()
+                .all(|(i, w)| history.contains(i) && *w > 0.0 && *w <= 1.0 + 1e-5)
+        );
         assert!(!rec.explanation.attended.is_empty());
     }
     assert!(plain.items.windows(2).all(|w| w[0].score >= w[1].score), "sorted by score");
 
     // A query: the word of some title. Items holding it must rise to the top.
-    let word = dataset.catalog.tokens.name(dataset.catalog.items[7].title[0]).unwrap().to_owned();
+    let word = dataset
+        .catalog
+        .tokens
+        .name(dataset.catalog.items[7].title[0])
+        .unwrap()
+        .to_owned();
     let holders = (0..dataset.catalog.len())
         .filter(|i| dataset.catalog.items[*i].title.contains(&dataset.catalog.items[7].title[0]))
         .count();
     let searched = r.recommend(&history, Some(&word), 10);
     let matching = searched.items.iter().filter(|x| x.explanation.query_match > 0.0).count();
-    assert!(matching >= 10.min(holders) / 2, "{matching} of 10 match {word:?} ({holders} items hold it)");
-    assert_eq!(searched.items[0].explanation.query_match, 1.0, "the best result matches {word:?}");
+    assert!(
+        matching >= 10.min(holders) / 2,
+        "{matching} of 10 match {word:?} ({holders} items hold it)"
+    );
+    assert_eq!(
+        searched.items[0].explanation.query_match, 1.0,
+        "the best result matches {word:?}"
+    );
 
     // No history: the store's popular items.
     let cold = r.recommend(&[], None, 5);
@@ -63,6 +88,6 @@ fn recommendations_follow_the_query_explain_themselves_and_fall_back_to_popular(
     assert!(cold.items[0].explanation.branches.is_empty());
 
     // The fast path agrees with the explained one.
-    let fast = r.top_k(&[history.clone()], 10);
+    let fast = r.top_k(std::slice::from_ref(&history), 10);
     assert_eq!(fast[0], plain.items.iter().map(|x| x.item).collect::<Vec<_>>());
 }

@@ -60,7 +60,10 @@ fn wgpu_training_matches_flex() {
     };
     let (on_cpu, loss_cpu) = run(&cpu);
     let (on_gpu, loss_gpu) = run(&gpu);
-    assert!((loss_cpu - loss_gpu).abs() <= 1e-3 * loss_cpu.abs(), "loss {loss_cpu} (flex) vs {loss_gpu} (wgpu)");
+    assert!(
+        (loss_cpu - loss_gpu).abs() <= 1e-3 * loss_cpu.abs(),
+        "loss {loss_cpu} (flex) vs {loss_gpu} (wgpu)"
+    );
     let mut worst = 0f32;
     for (a, b) in on_cpu.iter().zip(&on_gpu) {
         assert_eq!(a.name, b.name);
@@ -70,6 +73,13 @@ fn wgpu_training_matches_flex() {
     }
     assert!(worst <= 1e-3, "largest parameter difference {worst}");
     // Training moved the parameters, so agreeing is not trivial.
-    let moved = start.iter().zip(&on_cpu).flat_map(|(a, b)| a.values.iter().zip(&b.values).map(|(x, y)| (x - y).abs())).fold(0f32, f32::max);
-    assert!(moved > 10.0 * worst.max(1e-6), "training moved parameters by {moved}, devices differ by {worst}");
+    let moved = start
+        .iter()
+        .zip(&on_cpu)
+        .flat_map(|(a, b)| a.values.iter().zip(&b.values).map(|(x, y)| (x - y).abs()))
+        .fold(0f32, f32::max);
+    assert!(
+        moved > 10.0 * worst.max(1e-6),
+        "training moved parameters by {moved}, devices differ by {worst}"
+    );
 }

@@ -409,4 +409,3 @@ impl PlatformDir {
         Ok((identity, trust))
     }
 }
-

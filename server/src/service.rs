@@ -238,8 +238,15 @@ pub async fn run_aggregator_with(
                             Ok(mut t) => t.fine_tune(version, &layout, &params),
                             Err(_) => Err("the fine-tuner panicked before".into()),
                         };
-                        let result = result.map(|r| if r.params.len() == params.len() { r } else {
-                            FineTuned { params: params.to_vec(), metrics: vec![] }
+                        let result = result.map(|r| {
+                            if r.params.len() == params.len() {
+                                r
+                            } else {
+                                FineTuned {
+                                    params: params.to_vec(),
+                                    metrics: vec![],
+                                }
+                            }
                         });
                         let _ = done.send(Inbound::FineTuned(round_id, version, result));
                     });

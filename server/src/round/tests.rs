@@ -225,24 +225,35 @@ fn fine_tuning_holds_the_next_round_and_its_result_is_the_next_base() {
         send(&mut c, s, update(1, 0, [1.0, 1.0]));
     }
     let done = send(&mut c, "c", update(1, 0, [1.0, 1.0]));
-    assert!(done.iter().any(|a| matches!(a, Action::FineTune { round_id: 1, version: 1, .. })));
+    assert!(done.iter().any(|a| matches!(
+        a,
+        Action::FineTune {
+            round_id: 1,
+            version: 1,
+            ..
+        }
+    )));
     assert!(offers(&done).is_empty(), "no offer while fine-tuning");
     assert!(
         !done.iter().any(|a| matches!(a, Action::Commit { .. })),
         "the round commits once, after fine-tuning"
     );
     // A result for another version is not this round's.
-    assert!(c.handle(Event::FineTuned {
-        version: 7,
-        params: Arc::new(vec![5.0, 5.0]),
-    })
-    .is_empty());
+    assert!(
+        c.handle(Event::FineTuned {
+            version: 7,
+            params: Arc::new(vec![5.0, 5.0]),
+        })
+        .is_empty()
+    );
     let next = c.handle(Event::FineTuned {
         version: 1,
         params: Arc::new(vec![9.0, 9.0]),
     });
     assert!(
-        next.iter().any(|a| matches!(a, Action::Commit { round_id: 1, version: 1, params, updates: 3 } if params.as_slice() == [9.0, 9.0])),
+        next.iter().any(
+            |a| matches!(a, Action::Commit { round_id: 1, version: 1, params, updates: 3 } if params.as_slice() == [9.0, 9.0])
+        ),
         "{next:?}"
     );
     assert_eq!(offers(&next).len(), 3);
