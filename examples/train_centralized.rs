@@ -101,6 +101,9 @@ struct Cli {
     /// exact softmax is used).
     #[arg(long, default_value_t = 256)]
     uniform: usize,
+    /// Weight of each branch's own loss beside the fused loss (deep supervision).
+    #[arg(long, default_value_t = 0.0)]
+    branch_loss: f64,
     /// No progress bar or per-epoch lines.
     #[arg(long)]
     quiet: bool,
@@ -177,6 +180,7 @@ fn main() -> anyhow::Result<()> {
             uniform: cli.uniform,
         },
         objective: cli.loss,
+        branch_loss_weight: cli.branch_loss,
         progress: !cli.quiet,
         ..TrainConfig::default()
     };

@@ -10,12 +10,14 @@
 //! - every dense parameter (they all carry a leading axis of 1, see [`crate::dense`]) is
 //!   expanded to one copy per shopper, `[B, …]`, and made a leaf;
 //! - embedding tables are not expanded (a 1,683 × 64 table per shopper would be wasteful):
-//!   the rows each shopper's computation reads (its history, its targets, the shared candidates)
-//!   are gathered, and those gathered rows are the leaves, `[B, N, d]`.
+//!   the item vectors each shopper's computation reads (its history, its targets, the shared
+//!   candidates; ID and content vector apart) are the leaves, `[B, N, d]`. A content vector is
+//!   linear in the table rows it is made of, so each row's gradient follows from the vector's.
 //!
 //! One batched forward and one `backward()` then leave shopper b's gradient in slice b of
-//! every leaf. A table's per-shopper gradient is the scatter-add of that shopper's row
-//! gradients (rows repeat: an item seen twice, a category shared by two items); norms are taken
+//! every leaf. A table's per-shopper gradient is the scatter-add of the row gradients implied by
+//! that shopper's vector gradients (rows repeat: an item seen twice, a category shared by two
+//! items); norms are taken
 //! after the scatter, per shopper, so they are exact. The clipped sums are scattered into the
 //! tables and registered with the optimiser like ordinary gradients.
 //!
@@ -25,9 +27,10 @@
 //! OS); its grid rounding is charged to the sensitivity by the caller's accounting.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::{Int, TensorData};
 use fedfuse_privacy::noise::{GridGaussian, NoiseError};
@@ -36,7 +39,6 @@ use rand_chacha::ChaCha20Rng;
 
 use crate::catalog::CatalogTensors;
 use crate::fused::FusedRecommender;
-use crate::item_tower::ItemRows;
 use crate::train::{Objective, objective_loss};
 use crate::window::{CandidateConfig, SplitMix, TrainBatch, Window, batch, windows};
 
@@ -102,11 +104,15 @@ const TABLES: [&str; 6] = [
 /// Gathered rows of one kind (history, targets or candidates) for one table.
 struct RowSource {
     table: usize,
-    /// `[B, n, d]`.
+    /// `[B, n / per, d]`: the gradient of the vector entry j feeds.
     grads: Vec<f32>,
     /// `[E, n]`, E = 1 when shared by the batch.
     indices: Vec<usize>,
     n: usize,
+    /// Entries per gradient row (a bag's length; 1 for single-valued features).
+    per: usize,
+    /// `[E, n]` factor of each entry (a bag's mask over its size); `None`: 1.
+    scale: Option<Arc<Vec<f32>>>,
     shared: bool,
 }
 
@@ -213,35 +219,19 @@ impl ModuleVisitor for Ids {
     }
 }
 
-/// The rows as leaves: expanded to `shoppers` copies first when shared by the batch.
-fn leaves(rows: ItemRows, expand: Option<usize>) -> ItemRows {
+/// The vectors as leaves: expanded to `shoppers` copies first when shared by the batch.
+fn leaves(vectors: crate::item_tower::ItemVectors, expand: Option<usize>) -> crate::item_tower::ItemVectors {
     // Expanding happens on the plain tensor: a leaf must not be the output of an op.
-    fn leaf<const D: usize>(t: Tensor<D>, expand: Option<usize>) -> Tensor<D> {
+    let leaf = |t: Tensor<3>| {
         let mut shape = t.dims();
         if let Some(b) = expand {
             shape[0] = b;
         }
         Tensor::from_inner(t.inner().expand(shape)).require_grad()
-    }
-    let leaf3 = |t: Tensor<3>| leaf(t, expand);
-    let leaf4 = |t: Tensor<4>| leaf(t, expand);
-    let mask = |t: Tensor<3>| {
-        let mut shape = t.dims();
-        if let Some(b) = expand {
-            shape[0] = b;
-        }
-        Tensor::from_inner(t.inner().expand(shape))
     };
-    ItemRows {
-        id: leaf3(rows.id),
-        category: leaf3(rows.category),
-        brand: leaf3(rows.brand),
-        price_band: leaf3(rows.price_band),
-        title: leaf4(rows.title),
-        title_mask: mask(rows.title_mask),
-        genre: leaf4(rows.genre),
-        genre_mask: mask(rows.genre_mask),
-        indices: rows.indices,
+    crate::item_tower::ItemVectors {
+        id: leaf(vectors.id),
+        content: leaf(vectors.content),
     }
 }
 
@@ -274,12 +264,21 @@ pub fn shopper_gradients(
     if let Some(path) = expand.failed {
         return Err(DpSgdError::Unsupported(path));
     }
-    let history = leaves(model.items.rows(batch.history.clone(), catalog), None);
-    let targets = leaves(model.items.rows(batch.target.clone(), catalog), None);
-    let candidates = leaves(model.items.rows(batch.candidates.clone(), catalog), Some(b));
-    let states = expanded.encode_vectors(batch.history.clone(), &history.vectors());
-    let positive = expanded.score_pairs(&states, &targets.vectors()).fused - batch.log_q_target.clone();
-    let negative = expanded.score(&states, &candidates.vectors()).fused - batch.log_q_candidates.clone();
+    // Leaves are the item vectors (ID and content) each shopper's computation reads. A content
+    // vector is linear in its table rows (category + brand + price band + bag means), so each
+    // row's gradient follows from the vector's, on the CPU, without per-shopper copies of
+    // every bag row.
+    let history = model.items.rows(batch.history.clone(), catalog);
+    let targets = model.items.rows(batch.target.clone(), catalog);
+    let candidates = model.items.rows(batch.candidates.clone(), catalog);
+    let (history_v, targets_v, candidates_v) = (
+        leaves(history.vectors(), None),
+        leaves(targets.vectors(), None),
+        leaves(candidates.vectors(), Some(b)),
+    );
+    let states = expanded.encode_vectors(batch.history.clone(), &history_v);
+    let positive = expanded.score_pairs(&states, &targets_v).fused - batch.log_q_target.clone();
+    let negative = expanded.score(&states, &candidates_v).fused - batch.log_q_candidates.clone();
     let per_position = objective_loss(positive, negative, batch.collides.clone(), objective);
     let count = batch.weight.clone().sum_dim(1).clamp_min(1.0); // [B, 1, 1]
     let per_shopper = (per_position * batch.weight.clone()).sum_dim(1) / count;
@@ -295,31 +294,39 @@ pub fn shopper_gradients(
     expanded.visit(&mut dense);
     let dim = model.items.id.weight.dims()[1];
     let mut rows = Vec::new();
-    for (source, shared) in [(&history, false), (&targets, false), (&candidates, true)] {
+    for (source, vectors, shared) in [
+        (&history, &history_v, false),
+        (&targets, &targets_v, false),
+        (&candidates, &candidates_v, true),
+    ] {
         let idx = &source.indices;
-        let singles = [
-            (0, &source.id, &idx.id),
-            (1, &source.category, &idx.category),
-            (2, &source.brand, &idx.brand),
-            (3, &source.price_band, &idx.price_band),
-        ];
-        for (table, leaf, index) in singles {
-            let n = leaf.dims()[1];
+        let n = vectors.id.dims()[1];
+        let grad = |t: &Tensor<3>| t.grad(&grads).map(values).unwrap_or_else(|| vec![0.0; b * n * dim]);
+        let (id, content) = (grad(&vectors.id), grad(&vectors.content));
+        let single = |table: usize, grads: Vec<f32>, index: &Tensor<2, Int>| RowSource {
+            table,
+            grads,
+            indices: indices(index),
+            n,
+            per: 1,
+            scale: None,
+            shared,
+        };
+        rows.push(single(0, id, &idx.id));
+        rows.push(single(1, content.clone(), &idx.category));
+        rows.push(single(2, content.clone(), &idx.brand));
+        rows.push(single(3, content.clone(), &idx.price_band));
+        for (table, index, mask) in [(4, &idx.title, &source.title_mask), (5, &idx.genre, &source.genre_mask)] {
+            let l = index.dims()[2];
+            let mask = mask.clone();
+            let weights = (mask.clone() / mask.sum_dim(2).clamp_min(1.0)).inner();
             rows.push(RowSource {
                 table,
-                grads: leaf.grad(&grads).map(values).unwrap_or_else(|| vec![0.0; b * n * dim]),
-                indices: indices(index),
-                n,
-                shared,
-            });
-        }
-        for (table, leaf, index) in [(4, &source.title, &idx.title), (5, &source.genre, &idx.genre)] {
-            let [_, n, l, _] = leaf.dims();
-            rows.push(RowSource {
-                table,
-                grads: leaf.grad(&grads).map(values).unwrap_or_else(|| vec![0.0; b * n * l * dim]),
+                grads: content.clone(),
                 indices: indices(index),
                 n: n * l,
+                per: l,
+                scale: Some(Arc::new(values(Tensor::<3>::from_inner(weights)))),
                 shared,
             });
         }
@@ -363,9 +370,15 @@ impl ShopperGradients {
         }
         for src in &self.rows {
             let base = if src.shared { 0 } else { b * src.n };
+            let rows_per_shopper = src.n / src.per;
             let values = &mut s.values[src.table];
             for j in 0..src.n {
-                let g = &src.grads[(b * src.n + j) * d..(b * src.n + j + 1) * d];
+                let factor = src.scale.as_ref().map_or(1.0, |w| w[base + j]);
+                if factor == 0.0 {
+                    continue;
+                }
+                let row = b * rows_per_shopper + j / src.per;
+                let g = &src.grads[row * d..(row + 1) * d];
                 let r = src.indices[base + j].min(self.table_rows[src.table].saturating_sub(1));
                 if s.stamp[src.table][r] != s.generation {
                     s.stamp[src.table][r] = s.generation;
@@ -373,7 +386,7 @@ impl ShopperGradients {
                     values[r * d..(r + 1) * d].fill(0.0);
                 }
                 for (v, x) in values[r * d..(r + 1) * d].iter_mut().zip(g) {
-                    *v += x;
+                    *v += factor * x;
                 }
             }
         }
@@ -481,6 +494,80 @@ fn register(grads: &mut GradientsParams, id: ParamId, shape: &[usize], values: V
     }
 }
 
+/// One DP-SGD step at a time: clip per shopper, sum, noise every coordinate, divide by the
+/// expected batch size, and step AdamW (the noisy gradient is all the optimiser ever sees).
+pub struct DpSgdStepper {
+    ids: Vec<(String, ParamId, Vec<usize>)>,
+    noise: GridGaussian,
+    clip_norm: f64,
+    expected_batch: f64,
+    learning_rate: f64,
+    objective: Objective,
+    optim: ModuleOptimizer,
+    device: Device,
+}
+
+/// What one step saw (for the store's own log only).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepStats {
+    pub shoppers: usize,
+    pub clipped: usize,
+    pub loss_sum: f64,
+}
+
+impl DpSgdStepper {
+    /// For `model` (whose parameters it will update) under `config`, with `expected_batch`
+    /// shoppers per step in expectation.
+    pub fn new(model: &FusedRecommender, config: &DpSgdConfig, expected_batch: f64, device: &Device) -> Result<Self, DpSgdError> {
+        let mut ids = Ids::default();
+        model.visit(&mut ids);
+        let mut ids: Vec<(String, ParamId, Vec<usize>)> = ids.out.into_iter().map(|(p, (id, s))| (p, id, s)).collect();
+        ids.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Self {
+            ids,
+            noise: GridGaussian::new(config.noise_multiplier * config.clip_norm, config.grid_exponent)?,
+            clip_norm: config.clip_norm,
+            expected_batch,
+            learning_rate: config.learning_rate,
+            objective: config.objective,
+            optim: AdamWConfig::new().with_weight_decay(config.weight_decay).init(),
+            device: device.clone().inner(),
+        })
+    }
+
+    /// One step on `batch` (one window per sampled shopper; `None` when the Poisson sample
+    /// came out empty, which still releases a noise-only step).
+    pub fn step(
+        &mut self,
+        model: FusedRecommender,
+        catalog: &CatalogTensors,
+        batch: Option<&TrainBatch>,
+    ) -> Result<(FusedRecommender, StepStats), DpSgdError> {
+        let mut stats = StepStats::default();
+        let mut sums: HashMap<String, Vec<f32>> = HashMap::new();
+        if let Some(b) = batch {
+            let g = shopper_gradients(&model, catalog, b, self.objective)?;
+            let (s, norms) = g.clipped_sum(self.clip_norm);
+            stats = StepStats {
+                shoppers: norms.len(),
+                clipped: norms.iter().filter(|n| **n > self.clip_norm).count(),
+                loss_sum: g.loss_sum,
+            };
+            sums = s;
+        }
+        let mut grads = GradientsParams::new();
+        let scale = 1.0 / self.expected_batch.max(1e-12) as f32;
+        for (path, id, shape) in &self.ids {
+            let numel: usize = shape.iter().product();
+            let mut v = sums.remove(path).unwrap_or_else(|| vec![0.0; numel]);
+            self.noise.add(&mut v)?;
+            v.iter_mut().for_each(|x| *x *= scale);
+            register(&mut grads, *id, shape, v, &self.device);
+        }
+        Ok((self.optim.step(self.learning_rate, model, grads), stats))
+    }
+}
+
 /// Trains `model` (autodiff device) with user-level DP-SGD on `sequences` (one per shopper).
 /// The privacy this costs — `steps` compositions of the Poisson-sampled Gaussian with the
 /// noise multiplier `GridGaussian::noise_multiplier` reports — must be charged to the
@@ -510,10 +597,8 @@ pub fn train_dp_sgd_with(
     if !(config.clip_norm > 0.0 && config.clip_norm.is_finite()) {
         return Err(DpSgdError::Invalid(format!("clip norm {}", config.clip_norm)));
     }
-    let noise = GridGaussian::new(config.noise_multiplier * config.clip_norm, config.grid_exponent)?;
     let started = std::time::Instant::now();
     let device = catalog.category.device();
-    let grad_device = device.clone().inner();
     let n_items = catalog.vocabulary.items - 1;
     // Every shopper's windows; a sampled shopper contributes one of them, drawn at random.
     let mut by_shopper: Vec<Vec<Window>> = vec![Vec::new(); sequences.len()];
@@ -528,9 +613,7 @@ pub fn train_dp_sgd_with(
         .map_err(|e| DpSgdError::Entropy(e.to_string()))?;
     let mut sampler = ChaCha20Rng::from_seed(seed);
     let mut draws = SplitMix(sampler.random());
-    let mut ids = Ids::default();
-    model.visit(&mut ids);
-    let mut optim = AdamWConfig::new().with_weight_decay(config.weight_decay).init();
+    let mut stepper = DpSgdStepper::new(&model, config, expected, &device)?;
     let (mut sampled, mut clipped, mut loss_total, mut loss_count) = (0usize, 0usize, 0f64, 0usize);
     let report = |steps: usize, sampled: usize, clipped: usize, loss_total: f64, loss_count: usize| DpSgdReport {
         steps,
@@ -547,13 +630,12 @@ pub fn train_dp_sgd_with(
                 batch_windows.push(w[sampler.random_range(0..w.len())]);
             }
         }
-        let mut sums: HashMap<String, Vec<f32>> = HashMap::new();
-        if !batch_windows.is_empty() {
+        let b = (!batch_windows.is_empty()).then(|| {
             let candidates = CandidateConfig {
                 in_batch: 0,
                 uniform: config.negatives,
             };
-            let b = batch(
+            batch(
                 sequences,
                 &batch_windows,
                 n_items,
@@ -561,26 +643,14 @@ pub fn train_dp_sgd_with(
                 config.max_len,
                 &mut draws,
                 &device,
-            );
-            let g = shopper_gradients(&model, catalog, &b, config.objective)?;
-            let (s, norms) = g.clipped_sum(config.clip_norm);
-            sampled += norms.len();
-            clipped += norms.iter().filter(|n| **n > config.clip_norm).count();
-            sums = s;
-            loss_total += g.loss_sum;
-            loss_count += g.shoppers;
-        }
-        // Noise on every coordinate, then the fixed denominator.
-        let mut grads = GradientsParams::new();
-        for (path, (id, shape)) in &ids.out {
-            let numel: usize = shape.iter().product();
-            let mut v = sums.remove(path).unwrap_or_else(|| vec![0.0; numel]);
-            noise.add(&mut v)?;
-            let scale = 1.0 / expected.max(1e-12) as f32;
-            v.iter_mut().for_each(|x| *x *= scale);
-            register(&mut grads, *id, shape, v, &grad_device);
-        }
-        model = optim.step(config.learning_rate, model, grads);
+            )
+        });
+        let (next, stats) = stepper.step(model, catalog, b.as_ref())?;
+        model = next;
+        sampled += stats.shoppers;
+        clipped += stats.clipped;
+        loss_total += stats.loss_sum;
+        loss_count += stats.shoppers;
         if (step + 1) % every_steps.max(1) == 0 {
             every(&report(step + 1, sampled, clipped, loss_total, loss_count), &model);
         }

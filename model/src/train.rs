@@ -48,6 +48,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Show a progress bar (loss, examples/s, ETA) on stderr.
     pub progress: bool,
+    /// Weight of each branch's own loss beside the fused one (0: the fused loss alone).
+    pub branch_loss_weight: f64,
     /// Train only parameters whose path starts with one of these (all when empty): the
     /// platform fine-tunes the fusion weights and head this way.
     pub trainable: Vec<String>,
@@ -67,30 +69,57 @@ impl Default for TrainConfig {
             objective: Objective::SampledSoftmax,
             seed: 7,
             progress: false,
+            branch_loss_weight: 0.0,
             trainable: Vec::new(),
         }
     }
 }
 
 /// The loss of a batch (scalar): mean over its predictions.
-pub fn loss(model: &FusedRecommender, batch: &TrainBatch, catalog: &CatalogTensors, objective: Objective) -> Tensor<1> {
-    let per_position = position_losses(model, batch, catalog, objective);
+pub fn loss(
+    model: &FusedRecommender,
+    batch: &TrainBatch,
+    catalog: &CatalogTensors,
+    objective: Objective,
+    branch_weight: f64,
+) -> Tensor<1> {
+    let per_position = position_losses(model, batch, catalog, objective, branch_weight);
     (per_position * batch.weight.clone()).sum() / (batch.predictions.max(1) as f64)
 }
 
 /// Loss at every position, `[B, T, 1]` (meaningless where `batch.weight` is 0).
+/// With `branch_weight` > 0 every branch's own loss is added with that weight (deep
+/// supervision): each branch then ranks well on its own, and the fusion combines strong
+/// members instead of parts that are only useful together.
 pub fn position_losses(
     model: &FusedRecommender,
     batch: &TrainBatch,
     catalog: &CatalogTensors,
     objective: Objective,
+    branch_weight: f64,
 ) -> Tensor<3> {
     let states = model.encode(batch.history.clone(), catalog);
     let targets = model.items.vectors(batch.target.clone(), catalog);
     let candidates = model.items.vectors(batch.candidates.clone(), catalog);
-    let positive = model.score_pairs(&states, &targets).fused - batch.log_q_target.clone();
-    let negative = model.score(&states, &candidates).fused - batch.log_q_candidates.clone();
-    objective_loss(positive, negative, batch.collides.clone(), objective)
+    let positive = model.score_pairs(&states, &targets);
+    let negative = model.score(&states, &candidates);
+    let corrected = |p: Tensor<3>, n: Tensor<3>| {
+        objective_loss(
+            p - batch.log_q_target.clone(),
+            n - batch.log_q_candidates.clone(),
+            batch.collides.clone(),
+            objective,
+        )
+    };
+    let mut loss = corrected(positive.fused, negative.fused);
+    if branch_weight > 0.0 && model.only.is_none() {
+        for (p, n) in positive.branches.into_iter().zip(negative.branches) {
+            if let (Some(p), Some(n)) = (p, n) {
+                loss = loss + corrected(p, n).mul_scalar(branch_weight);
+            }
+        }
+    }
+    loss
 }
 
 /// `positive` `[B, T, 1]`, `negative` `[B, T, C]` (corrected logits), `collides` marks the
@@ -224,7 +253,7 @@ pub fn train_with(
             if b.predictions == 0 {
                 continue;
             }
-            let l = loss(&model, &b, catalog, config.objective);
+            let l = loss(&model, &b, catalog, config.objective, config.branch_loss_weight);
             let value = f64::from(l.clone().into_scalar::<f32>());
             total += value * b.predictions as f64;
             examples += b.predictions;

@@ -94,7 +94,7 @@ fn oracle(
         collides: full.collides.clone().narrow(0, b, 1),
         predictions: 0,
     };
-    let losses = position_losses(m, &one, catalog, objective);
+    let losses = position_losses(m, &one, catalog, objective, 0.0);
     let count = one.weight.clone().sum();
     let loss = (losses * one.weight.clone()).sum() / count;
     let grads = loss.backward();
