@@ -244,6 +244,7 @@ impl LocalTrainer for FusedTrainer {
                     warmup_steps: 0,
                     max_len: self.shape.max_len,
                     candidates: self.candidates,
+                    proximal_mu: f64::from(plan.proximal_mu.unwrap_or(0.0)),
                     seed: self.seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15),
                     ..TrainConfig::default()
                 };

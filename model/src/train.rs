@@ -48,6 +48,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Show a progress bar (loss, examples/s, ETA) on stderr.
     pub progress: bool,
+    /// FedProx (Li et al. 2020): μ/2·‖w − w₀‖² added to the loss, with w₀ the model training
+    /// started from, which keeps a store near the global model (0: off).
+    pub proximal_mu: f64,
     /// Weight of each branch's own loss beside the fused one (0: the fused loss alone).
     pub branch_loss_weight: f64,
     /// Train only parameters whose path starts with one of these (all when empty): the
@@ -70,6 +73,7 @@ impl Default for TrainConfig {
             seed: 7,
             progress: false,
             branch_loss_weight: 0.0,
+            proximal_mu: 0.0,
             trainable: Vec::new(),
         }
     }
@@ -140,6 +144,57 @@ pub fn objective_loss(
             let kept = keep.clone().sum_dim(2).clamp_min(1.0);
             (softplus(negative - positive, 1.0) * keep).sum_dim(2) / kept
         }
+    }
+}
+
+/// FedProx's anchor: the parameters training started from, by path.
+struct Proximal {
+    start: std::collections::HashMap<String, burn::tensor::TensorData>,
+}
+
+impl Proximal {
+    fn anchor(model: &FusedRecommender) -> Self {
+        Self {
+            start: crate::params::export(model)
+                .into_iter()
+                .map(|p| (p.name, burn::tensor::TensorData::new(p.values, p.shape)))
+                .collect(),
+        }
+    }
+
+    /// ‖w − w₀‖² over every parameter (scalar, differentiable in w).
+    fn term(&self, model: &FusedRecommender) -> Tensor<1> {
+        struct Sum<'a> {
+            start: &'a std::collections::HashMap<String, burn::tensor::TensorData>,
+            path: Vec<String>,
+            total: Option<Tensor<1>>,
+        }
+        impl burn::module::ModuleVisitor for Sum<'_> {
+            fn enter_module(&mut self, name: &str, _: &str) {
+                self.path.push(name.to_owned());
+            }
+            fn exit_module(&mut self, _: &str, _: &str) {
+                self.path.pop();
+            }
+            fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+                if let Some(w0) = self.start.get(&self.path.join(".")) {
+                    let w = param.val();
+                    let w0 = Tensor::<D>::from_data(w0.clone(), &w.device());
+                    let d = (w - w0).powf_scalar(2.0).sum();
+                    self.total = Some(match self.total.take() {
+                        Some(t) => t + d,
+                        None => d,
+                    });
+                }
+            }
+        }
+        let mut sum = Sum {
+            start: &self.start,
+            path: Vec::new(),
+            total: None,
+        };
+        model.visit(&mut sum);
+        sum.total.unwrap_or_else(|| Tensor::zeros([1], &model.alpha.val().device()))
     }
 }
 
@@ -222,6 +277,7 @@ pub fn train_with(
         .expect("a learning rate in (0, 1]");
     let mut rng = SplitMix(config.seed);
     let trainable = trainable_ids(&model, &config.trainable);
+    let anchor = (config.proximal_mu > 0.0).then(|| Proximal::anchor(&model));
     let mut reports = Vec::new();
     let mut step = 0usize;
     let bar = if config.progress {
@@ -253,7 +309,10 @@ pub fn train_with(
             if b.predictions == 0 {
                 continue;
             }
-            let l = loss(&model, &b, catalog, config.objective, config.branch_loss_weight);
+            let mut l = loss(&model, &b, catalog, config.objective, config.branch_loss_weight);
+            if let Some(anchor) = &anchor {
+                l = l + anchor.term(&model).mul_scalar(config.proximal_mu / 2.0);
+            }
             let value = f64::from(l.clone().into_scalar::<f32>());
             total += value * b.predictions as f64;
             examples += b.predictions;

@@ -208,3 +208,29 @@ fn training_learns_a_sequential_pattern() {
         assert!(w.iter().any(|x| (x - 0.25).abs() > 1e-3), "{w:?}");
     }
 }
+
+#[test]
+fn fedprox_keeps_training_near_its_start() {
+    let distance = |mu: f64| {
+        let device = Device::flex().autodiff();
+        let (m, catalog) = model(&device, 5);
+        let start = export(&m);
+        let config = TrainConfig {
+            epochs: 5,
+            batch_size: 4,
+            learning_rate: 1e-2,
+            max_len: 6,
+            proximal_mu: mu,
+            ..TrainConfig::default()
+        };
+        let (m, _) = train(m, &catalog, &walks(), &config, |_, _| true);
+        export(&m)
+            .iter()
+            .zip(&start)
+            .flat_map(|(a, b)| a.values.iter().zip(&b.values).map(|(x, y)| f64::from(x - y).powi(2)))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let (free, held) = (distance(0.0), distance(50.0));
+    assert!(held < 0.5 * free, "‖w − w₀‖: μ = 0 → {free}, μ = 50 → {held}");
+}

@@ -57,6 +57,74 @@ impl Default for StateSection {
     }
 }
 
+/// What every round asks the stores to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlanSection {
+    pub local_epochs: u32,
+    pub learning_rate: f32,
+    /// Windows per local batch.
+    pub batch_size: u32,
+    /// `f32`, `f16` or `int8`.
+    pub encoding: String,
+    /// FedProx μ (0: plain local training).
+    pub proximal_mu: f32,
+}
+
+impl Default for PlanSection {
+    fn default() -> Self {
+        Self {
+            local_epochs: 1,
+            learning_rate: 1e-3,
+            batch_size: 32,
+            encoding: "f32".into(),
+            proximal_mu: 0.0,
+        }
+    }
+}
+
+impl PlanSection {
+    pub fn update_encoding(&self) -> Result<fedfuse_protocol::tensor::UpdateEncoding, String> {
+        use fedfuse_protocol::tensor::{UpdateEncoding, ValueEncoding};
+        Ok(UpdateEncoding::Dense(match self.encoding.as_str() {
+            "f32" => ValueEncoding::F32,
+            "f16" => ValueEncoding::F16,
+            "int8" => ValueEncoding::Int8,
+            other => return Err(format!("[plan] encoding {other:?}: use f32, f16 or int8")),
+        }))
+    }
+}
+
+/// The platform's own data: the catalog every store's item ids refer to and, for fine-tuning,
+/// the shoppers the platform owns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlatformSection {
+    /// `synthetic`, `movielens:PATH` or `csv:DIR`; relative paths from this file.
+    pub data: String,
+    pub synthetic_seed: u64,
+    /// The store of the data whose shoppers are the platform's; when the data has no such
+    /// store, `hold_out` of all shoppers become it.
+    pub store: String,
+    pub hold_out: f64,
+    /// Fine-tuning of the fusion after each aggregation (with [round] fine_tune = true).
+    pub fine_tune_epochs: usize,
+    pub fine_tune_learning_rate: f64,
+}
+
+impl Default for PlatformSection {
+    fn default() -> Self {
+        Self {
+            data: "synthetic".into(),
+            synthetic_seed: 7,
+            store: fedfuse_data::partition::PLATFORM_STORE.into(),
+            hold_out: 0.1,
+            fine_tune_epochs: 2,
+            fine_tune_learning_rate: 1e-3,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
@@ -65,6 +133,9 @@ pub struct ServerConfig {
     pub state: StateSection,
     pub transport: TransportTuning,
     pub round: RoundPolicy,
+    pub plan: PlanSection,
+    pub model: fedfuse_model::fit::ModelShape,
+    pub platform: PlatformSection,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +163,11 @@ impl ServerConfig {
         if config.state.dir.is_relative() {
             config.state.dir = base.join(&config.state.dir);
         }
+        if let Some((kind, rest)) = config.platform.data.split_once(':')
+            && Path::new(rest).is_relative()
+        {
+            config.platform.data = format!("{kind}:{}", base.join(rest).display());
+        }
         Ok(config)
     }
 
@@ -99,6 +175,7 @@ impl ServerConfig {
     pub fn to_commented_toml(&self) -> String {
         let t = &self.transport;
         let r = &self.round;
+        let (pl, m, pf) = (&self.plan, &self.model, &self.platform);
         let inline = |v: &dyn erased::Inline| v.inline();
         format!(
             r#"# fedfuse aggregator configuration, written by `fedfuse-server init`.
@@ -164,8 +241,40 @@ aggregation = {aggregation}
 optimizer = {optimizer}
 # Reject updates whose L2 norm exceeds this (uncomment to enable).
 {norm}
-# Fine-tune each new global model on platform data before the next round.
+# Fine-tune each new global model's fusion (α, content scale, MLP head) on the platform's own
+# shoppers ([platform]) before the round commits; kept only if their validation improves.
 fine_tune = {fine_tune}
+
+[plan]
+# What each round asks of the stores: local epochs over their shoppers, AdamW learning rate,
+# windows per batch, and how the update travels (f32, f16 or int8 with unbiased rounding).
+local_epochs = {le}
+learning_rate = {lr:?}
+batch_size = {bs}
+encoding = "{enc}"
+# FedProx proximal term μ (0: plain local training).
+proximal_mu = {mu:?}
+
+[model]
+# The fused recommender every store trains; stores must configure the same [model].
+dim = {dim}
+max_len = {max_len}
+head = {head}
+encoder = "{encoder:?}"
+layers = {layers}
+heads = {heads}
+dropout = {dropout:?}
+
+[platform]
+# The platform's data: the catalog every item id refers to (`synthetic`, `movielens:PATH` or
+# `csv:DIR`; relative to this file) and the shoppers the platform owns for fine-tuning: the
+# data's store named `store`, or else a `hold_out` share of all shoppers.
+data = "{pdata}"
+synthetic_seed = {pseed}
+store = "{pstore}"
+hold_out = {phold:?}
+fine_tune_epochs = {fte}
+fine_tune_learning_rate = {ftlr:?}
 "#,
             listen = self.server.listen,
             name = self.server.name,
@@ -193,6 +302,24 @@ fine_tune = {fine_tune}
                 .norm_bound
                 .map_or("# norm_bound = 10.0".to_string(), |b| format!("norm_bound = {b:?}")),
             fine_tune = r.fine_tune,
+            le = pl.local_epochs,
+            lr = pl.learning_rate,
+            bs = pl.batch_size,
+            enc = pl.encoding,
+            mu = pl.proximal_mu,
+            dim = m.dim,
+            max_len = m.max_len,
+            head = m.head,
+            encoder = m.encoder,
+            layers = m.layers,
+            heads = m.heads,
+            dropout = m.dropout,
+            pdata = pf.data,
+            pseed = pf.synthetic_seed,
+            pstore = pf.store,
+            phold = pf.hold_out,
+            fte = pf.fine_tune_epochs,
+            ftlr = pf.fine_tune_learning_rate,
         )
     }
 }
@@ -237,6 +364,9 @@ mod tests {
             tau: 1e-3,
         };
         config.round.norm_bound = Some(5.0);
+        config.plan.encoding = "int8".into();
+        config.model.dim = 32;
+        config.platform.hold_out = 0.25;
         let parsed: ServerConfig = toml::from_str(&config.to_commented_toml()).unwrap();
         assert_eq!(parsed, config);
         let defaults: ServerConfig = toml::from_str(&ServerConfig::default().to_commented_toml()).unwrap();

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use fedfuse_protocol::msgs::{Capabilities, LocalWork, TrainingPlan};
-use fedfuse_protocol::tensor::{UpdateEncoding, ValueEncoding};
+use fedfuse_protocol::tensor::UpdateEncoding;
 use fedfuse_server::config::ServerConfig;
 use fedfuse_server::pki::{self, InitOptions, PlatformDir};
-use fedfuse_server::service::{ServiceOptions, run_aggregator};
+use fedfuse_server::service::{FineTuner, ServiceOptions, run_aggregator_with};
 use fedfuse_server::state::AggregatorState;
 
 /// The fedfuse aggregator and the platform's certificate tooling.
@@ -80,7 +80,8 @@ enum Command {
     Run {
         #[arg(long)]
         config: PathBuf,
-        /// Starting model for a new federation (F32 safetensors); ignored when resuming.
+        /// Starting model for a new federation (F32 safetensors, e.g. one pretrained by the
+        /// platform); without it a fresh [model] is initialised. Ignored when resuming.
         #[arg(long)]
         init_model: Option<PathBuf>,
     },
@@ -107,6 +108,92 @@ enum Command {
 enum ExportFormat {
     /// Hugging Face safetensors, F32, readable from PyTorch.
     Safetensors,
+}
+
+/// The platform's own data: the catalog and the shoppers it owns.
+struct PlatformData {
+    dataset: fedfuse_data::Dataset,
+    split: Arc<fedfuse_data::Split>,
+    features: fedfuse_model::catalog::ItemFeatures,
+    store: u16,
+}
+
+impl PlatformData {
+    fn load(config: &ServerConfig) -> anyhow::Result<Self> {
+        let source: fedfuse_data::source::DataSource = config.platform.data.parse().map_err(anyhow::Error::msg)?;
+        let synthetic = fedfuse_data::SyntheticConfig {
+            seed: config.platform.synthetic_seed,
+            ..Default::default()
+        };
+        let mut dataset = source.load(&synthetic).with_context(|| format!("[platform] data {source}"))?;
+        let store = match dataset.stores.iter().position(|s| *s == config.platform.store) {
+            Some(i) => i as u16,
+            None => fedfuse_data::partition::hold_out_platform(&mut dataset, config.platform.hold_out, config.round.seed),
+        };
+        let split = Arc::new(fedfuse_data::Split::new(&dataset, &Default::default())?);
+        let features = fedfuse_model::catalog::ItemFeatures::from_catalog(&dataset.catalog);
+        Ok(Self {
+            dataset,
+            split,
+            features,
+            store,
+        })
+    }
+
+    fn fresh_model(&self, config: &ServerConfig) -> (fedfuse_server::layout::ModelLayout, Vec<f32>) {
+        let device = burn::tensor::Device::flex();
+        device.seed(config.round.seed);
+        let vocabulary = self.features.vocabulary(fedfuse_model::fit::TITLE_LEN);
+        let params = fedfuse_model::params::export(&config.model.config(&vocabulary).init(&device));
+        let layout = fedfuse_server::layout::ModelLayout::new(
+            params
+                .iter()
+                .map(|p| fedfuse_server::layout::TensorSpec {
+                    name: p.name.clone(),
+                    shape: p.shape.iter().map(|d| *d as u32).collect(),
+                })
+                .collect(),
+        );
+        (layout, params.into_iter().flat_map(|p| p.values).collect())
+    }
+
+    fn fine_tuner(&self, config: &ServerConfig) -> anyhow::Result<Box<dyn FineTuner>> {
+        let own = |s: u32| self.dataset.shoppers[s as usize].store == self.store;
+        let sequences: Vec<Vec<u32>> = self
+            .split
+            .train_sequences()
+            .into_iter()
+            .enumerate()
+            .map(|(s, seq)| if own(s as u32) { seq } else { Vec::new() })
+            .collect();
+        let cases: Vec<usize> = self
+            .split
+            .validation
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| own(c.shopper))
+            .map(|(i, _)| i)
+            .collect();
+        anyhow::ensure!(!cases.is_empty(), "[platform] owns no shoppers to fine-tune on");
+        let lr = config.platform.fine_tune_learning_rate;
+        Ok(Box::new(fedfuse_server::fine_tune::FusionFineTuner::new(
+            config.model,
+            &self.features,
+            fedfuse_model::device::select(fedfuse_model::device::DeviceChoice::Auto)?,
+            sequences,
+            self.split.clone(),
+            cases,
+            fedfuse_model::train::TrainConfig {
+                epochs: config.platform.fine_tune_epochs,
+                batch_size: config.plan.batch_size as usize,
+                learning_rate: lr,
+                min_learning_rate: lr,
+                max_len: config.model.max_len,
+                seed: config.round.seed,
+                ..Default::default()
+            },
+        )))
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -155,8 +242,16 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Run { config, init_model } => {
             let config = ServerConfig::load(&config)?;
-            let initial = init_model
-                .map(|p| fedfuse_server::safetensors::read(&p).with_context(|| format!("reading {}", p.display())))
+            let platform_data = PlatformData::load(&config)?;
+            let initial = match init_model {
+                Some(p) => Some(fedfuse_server::safetensors::read(&p).with_context(|| format!("reading {}", p.display()))?),
+                // A new federation without a pretrained model starts from a fresh one of [model].
+                None => Some(platform_data.fresh_model(&config)),
+            };
+            let fine_tuner: Option<Box<dyn FineTuner>> = config
+                .round
+                .fine_tune
+                .then(|| platform_data.fine_tuner(&config))
                 .transpose()?;
             let platform = PlatformDir::open(&config.pki.dir)?;
             let (identity, trust) = platform.aggregator_tls()?;
@@ -179,11 +274,11 @@ fn main() -> anyhow::Result<()> {
                 let opts = ServiceOptions {
                     policy: config.round.clone(),
                     plan: TrainingPlan {
-                        work: LocalWork::Epochs(1),
-                        learning_rate: 0.01,
-                        batch_size: 256,
-                        proximal_mu: None,
-                        update_encoding: UpdateEncoding::Dense(ValueEncoding::F32),
+                        work: LocalWork::Epochs(config.plan.local_epochs),
+                        learning_rate: config.plan.learning_rate,
+                        batch_size: config.plan.batch_size,
+                        proximal_mu: (config.plan.proximal_mu > 0.0).then_some(config.plan.proximal_mu),
+                        update_encoding: config.plan.update_encoding().map_err(anyhow::Error::msg)?,
                         dp: None,
                     },
                     capabilities: Capabilities {
@@ -193,7 +288,7 @@ fn main() -> anyhow::Result<()> {
                     chunk_bytes: 4 << 20,
                     tick: std::time::Duration::from_millis(100),
                 };
-                anyhow::Ok(run_aggregator(endpoint, state, initial, opts, stopped).await?)
+                anyhow::Ok(run_aggregator_with(endpoint, state, initial, opts, stopped, fine_tuner).await?)
             })?;
             println!("stopped at model version {} ({})", report.version, hex(&report.content_hash));
         }
@@ -211,12 +306,14 @@ fn main() -> anyhow::Result<()> {
             }
             println!("\n{:>6} {:>8} {:>8}  hash", "round", "version", "updates");
             for r in state.rounds()? {
+                let metrics: Vec<String> = r.metrics.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
                 println!(
-                    "{:>6} {:>8} {:>8}  {}",
+                    "{:>6} {:>8} {:>8}  {}  {}",
                     r.round_id,
                     r.version,
                     r.updates,
-                    &hex(&r.content_hash)[..16]
+                    &hex(&r.content_hash)[..16],
+                    metrics.join(" ")
                 );
             }
             println!(
