@@ -2,7 +2,7 @@
 //! `Device::default()` would silently prefer wgpu whenever it is compiled in, so the choice is
 //! always explicit here.
 
-use burn::tensor::Device;
+use burn::tensor::{Device, DeviceKind};
 
 use crate::ModelError;
 
@@ -34,13 +34,17 @@ pub fn select(choice: DeviceChoice) -> Result<Device, ModelError> {
     match choice {
         DeviceChoice::Cpu => Ok(Device::flex()),
         DeviceChoice::Gpu => Device::wgpu_options().init().map_err(|e| ModelError::NoGpu(e.to_string())),
-        DeviceChoice::Auto => match Device::wgpu_options().init() {
-            Ok(d) => Ok(d),
-            Err(e) => {
-                tracing::warn!(error = %e, "no GPU adapter; training on the CPU (flex)");
-                Ok(Device::flex())
+        // A real GPU only: a software Vulkan adapter (Mesa's lavapipe) is ~100× slower than
+        // flex, so `auto` passes it over; `gpu` takes whatever adapter wgpu finds.
+        DeviceChoice::Auto => {
+            for kind in [DeviceKind::DiscreteGpu(0), DeviceKind::IntegratedGpu(0)] {
+                if let Ok(d) = Device::wgpu_options().device_kind(kind).init() {
+                    return Ok(d);
+                }
             }
-        },
+            tracing::warn!("no GPU adapter; training on the CPU (flex)");
+            Ok(Device::flex())
+        }
     }
 }
 
