@@ -309,6 +309,202 @@ async fn a_nan_update_is_rejected_with_its_reason() {
     assert!(nan.accepted.is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrongly_shaped_update_is_rejected_with_its_reason_and_never_applied() {
+    let state = tempfile::tempdir().unwrap();
+    let f = federation(
+        state.path(),
+        RoundPolicy {
+            deadline_ms: 2_000,
+            ..policy(3, 2, 1)
+        },
+    );
+    let good: Vec<_> = [("a", 1.0), ("b", 3.0)]
+        .into_iter()
+        .map(|(name, t)| {
+            let bundle = f.platform.issue_store(name, 1).unwrap();
+            tokio::spawn(store(
+                bundle,
+                f.addr,
+                TowardTarget {
+                    target: target(t),
+                    examples: 1,
+                    poison: false,
+                },
+            ))
+        })
+        .collect();
+    // The third store answers its offer with a tensor of the wrong shape.
+    let bundle = f.platform.issue_store("shaped", 1).unwrap();
+    let (identity, trust) = bundle.tls().unwrap();
+    let endpoint = StoreEndpoint::new(Some(&identity), &trust, &TransportTuning::default()).unwrap();
+    let conn = endpoint.connect(f.addr, &bundle.aggregator_name).await.unwrap();
+    conn.send(&Message::Hello(Hello::current("shaped", caps()))).await.unwrap();
+    assert!(matches!(conn.recv().await.unwrap(), Message::Welcome(_)));
+    let Message::RoundOffer(offer) = conn.recv().await.unwrap() else {
+        panic!("no offer")
+    };
+    conn.recv_model(&offer.model, 1 << 20).await.unwrap();
+    let wrong = [PARAMS as u32 + 1];
+    conn.send(&Message::UpdateUpload(UpdateUpload {
+        round_id: offer.round_id,
+        base_model_version: offer.model.version,
+        example_count: 1_000,
+        metrics: vec![],
+        privacy_spend: None,
+        tensors: vec![
+            NamedTensor::encode("w", &wrong, &[1e6; PARAMS + 1], UpdateEncoding::Dense(ValueEncoding::F32), 0).unwrap(),
+        ],
+    }))
+    .await
+    .unwrap();
+    let verdict = loop {
+        match conn.recv().await.unwrap() {
+            Message::UpdateRejected(r) => break r,
+            Message::Heartbeat(_) => continue,
+            other => panic!("expected a rejection, got {:?}", other.kind()),
+        }
+    };
+    assert!(
+        matches!(&verdict.reason, RejectionReason::WrongShape { name, expected, got } if name == "w" && expected == &[PARAMS as u32] && got == &wrong),
+        "{:?}",
+        verdict.reason
+    );
+    let report = tokio::time::timeout(Duration::from_secs(60), f.service)
+        .await
+        .unwrap()
+        .unwrap();
+    // The rejected update touched nothing: the mean of the two good ones.
+    assert_close(&report.params, 2.0);
+    assert!(
+        report
+            .rejected
+            .iter()
+            .any(|(s, _, r)| s == "shaped" && matches!(r, RejectionReason::WrongShape { .. }))
+    );
+    for s in good {
+        assert_eq!(s.await.unwrap().accepted, vec![1]);
+    }
+    conn.close("done");
+}
+
+struct Slow(TowardTarget);
+
+impl LocalTrainer for Slow {
+    fn train(&mut self, round: u64, shapes: &[TensorShape], params: &[f32], plan: &TrainingPlan) -> Result<LocalUpdate, String> {
+        std::thread::sleep(Duration::from_millis(400));
+        self.0.train(round, shapes, params, plan)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stores_reconnect_with_backoff_after_the_aggregator_is_lost_and_finish() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let platform = pki::init(dir.path(), &InitOptions::default()).unwrap();
+    // A fixed port, so the restarted aggregator is where the stores look for it.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let serve = |rounds: u64| {
+        let (identity, trust) = platform.aggregator_tls().unwrap();
+        // The lost aggregator's socket goes once its last connection task has ended.
+        let mut tries = 0;
+        let endpoint = loop {
+            match AggregatorEndpoint::bind(addr, identity.clone(), &trust, TransportTuning::default()) {
+                Ok(e) => break Arc::new(e),
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                    let _ = e;
+                }
+                Err(e) => panic!("cannot rebind {addr}: {e}"),
+            }
+        };
+        let state = AggregatorState::open(state.path()).unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let e = endpoint.clone();
+        let task = tokio::spawn(async move {
+            run_aggregator(
+                e,
+                state,
+                Some((layout(), vec![0.0; PARAMS])),
+                options(policy(2, 2, rounds)),
+                stopped,
+            )
+            .await
+        });
+        (endpoint, stop, task)
+    };
+    let (endpoint, _stop, task) = serve(3);
+    let agents: Vec<_> = [("a", 1.0), ("b", 3.0)]
+        .into_iter()
+        .map(|(name, t)| {
+            let bundle = platform.issue_store(name, 1).unwrap();
+            tokio::spawn(async move {
+                let (identity, trust) = bundle.tls().unwrap();
+                let endpoint = StoreEndpoint::new(Some(&identity), &trust, &TransportTuning::default()).unwrap();
+                let opts = AgentOptions {
+                    software_version: "test".into(),
+                    capabilities: caps(),
+                    max_model_bytes: 1 << 20,
+                    rounding_seed: 1,
+                };
+                // Slow enough that the aggregator is lost in the middle of the federation.
+                let mut trainer = Slow(TowardTarget {
+                    target: target(t),
+                    examples: 1,
+                    poison: false,
+                });
+                let backoff = fedfuse_client::Backoff {
+                    initial: Duration::from_millis(100),
+                    max: Duration::from_millis(800),
+                    attempts: 50,
+                };
+                fedfuse_client::run_agent(&endpoint, addr, &bundle.aggregator_name, &mut trainer, &opts, backoff, None)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    // Wait for round 1 to commit, then lose the aggregator without a goodbye.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        // The aggregator holds the database open; round 1's model blob shows it committing.
+        if state.path().join("models/v00000001.bin").exists() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "round 1 never committed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    task.abort();
+    endpoint.close();
+    drop(endpoint);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = AggregatorState::open(state.path())
+        .unwrap()
+        .committed()
+        .unwrap()
+        .unwrap()
+        .version;
+    assert!(before >= 1);
+    // A new aggregator on the same address and state resumes for two more rounds; the stores
+    // come back by themselves.
+    let (_endpoint, _stop2, task) = serve(2);
+    let report = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.version, before + 2, "two more rounds committed after the loss");
+    assert_close(&report.params, 2.0);
+    for a in agents {
+        let run = tokio::time::timeout(Duration::from_secs(30), a).await.unwrap().unwrap();
+        assert!(run.sessions >= 2, "the store reconnected ({} sessions)", run.sessions);
+        assert!(!run.interruptions.is_empty());
+        assert!(run.trained_rounds.contains(&(before + 2)), "{:?}", run.trained_rounds);
+    }
+}
+
 async fn futures_join(handles: Vec<JoinHandle<AgentReport>>) -> Vec<AgentReport> {
     let mut out = Vec::new();
     for h in handles {

@@ -202,7 +202,10 @@ fn hex(bytes: &[u8]) -> String {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,cubecl=warn,wgpu_core=warn,wgpu_hal=warn,naga=warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,cubecl=warn,wgpu_core=warn,wgpu_hal=warn,naga=warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
