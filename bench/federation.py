@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Renders bench/federation.sh's JSON reports into the `federation-ml100k` section of
+BENCHMARKS.md. Standard library only; runs that have no report yet are left out."""
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+
+def load(reports: Path, name: str):
+    path = reports / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def centralized(benchmarks: str):
+    """Mean test HR@10 / NDCG@10 (full) of the fused row the quality benchmark wrote."""
+    m = re.search(r"\| fused \(all branches\) \| ([0-9.]+)[^|]*\| ([0-9.]+)", benchmarks)
+    return (float(m.group(1)), float(m.group(2))) if m else None
+
+
+def at_round(report, k):
+    rows = [r for r in report["rounds"] if r["round"] == k]
+    return rows[0] if rows else None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reports", type=Path, required=True)
+    ap.add_argument("--benchmarks", type=Path, required=True)
+    args = ap.parse_args()
+    md = args.benchmarks.read_text() if args.benchmarks.exists() else "# Benchmarks\n"
+    central = centralized(md)
+    local = load(args.reports, "local")
+    runs = {n: load(args.reports, n) for n in ["fed_f32", "fed_f16", "fed_int8", "fed_dp8", "fed_ft"]}
+    runs = {n: r for n, r in runs.items() if r}
+    if not runs and not local:
+        print("no reports under", args.reports)
+        return
+    seed = next((r["config"]["seed"] for r in runs.values()), None)
+    out = ["## Federation on MovieLens-100K (11 ZIP stores)\n"]
+    out.append(
+        "`bench/federation.sh` (quickstart on loopback: real QUIC, mutual TLS, one agent per store; "
+        f"seed {seed}, one seed only). Recipe: fused model dim 64, max_len 50, head 16; per round every "
+        "store trains 2 local epochs, batches of 8 windows, AdamW lr 3e-3, keeping its optimiser "
+        "moments; FedAvg weighted by examples. Test metrics of the global model, full ranking "
+        "(decides) and 99 sampled negatives. Centralized = fused row of the quality table "
+        "(mean of its seeds); local-only = `train_centralized --mode local-only` (each store alone, "
+        "early stopping on its validation shoppers), every shopper scored by their own store's model.\n"
+    )
+    out.append("| run | rounds | HR@10 full | NDCG@10 full | HR@10 sampled | NDCG@10 sampled | "
+               "worst store HR@10 | / centralized | / local-only | ε max | wall s |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    local_hr = local["hr10_full"] if local else None
+    if central:
+        out.append(f"| centralized fused (quality table) | – | {central[0]:.4f} | {central[1]:.4f} | | | | 1.00 | "
+                   f"{central[0] / local_hr:.2f} | | |" if local_hr else
+                   f"| centralized fused (quality table) | – | {central[0]:.4f} | {central[1]:.4f} | | | | 1.00 | | | |")
+    if local:
+        w = local.get("worst_store") or {}
+        out.append(
+            f"| local-only (each store alone) | – | {local['hr10_full']:.4f} | {local['ndcg10_full']:.4f} | "
+            f"{local['hr10_sampled']:.4f} | {local['ndcg10_sampled']:.4f} | "
+            f"{w.get('hr10', float('nan')):.4f} ({w.get('store', '?')}) | "
+            + (f"{local['hr10_full'] / central[0]:.2f}" if central else "") + f" | 1.00 | | {local['seconds']:.0f} |"
+        )
+    labels = {
+        "fed_f32": "federated, f32 updates",
+        "fed_f16": "federated, f16 updates",
+        "fed_int8": "federated, int8 updates",
+        "fed_dp8": "federated, user-level DP-SGD ε = 8, δ = 1e-4",
+        "fed_ft": "federated + platform fine-tuning (10% shoppers held out)",
+    }
+    for name, r in runs.items():
+        f = r["final"]
+        w = f.get("worst_store") or {}
+        eps = [e for e in f.get("epsilon", {}).values() if e is not None]
+        out.append(
+            f"| {labels[name]} | {r['config']['rounds']} | {f['hr10_full']:.4f} | {f['ndcg10_full']:.4f} | "
+            f"{f['hr10_sampled']:.4f} | {f['ndcg10_sampled']:.4f} | "
+            f"{w.get('hr10', float('nan')):.4f} ({w.get('store', '?')}) | "
+            + (f"{f['hr10_full'] / central[0]:.2f}" if central else "") + " | "
+            + (f"{f['hr10_full'] / local_hr:.2f}" if local_hr else "") + " | "
+            + (f"{max(eps):.2f}" if eps else "–") + f" | {f['seconds']:.0f} |"
+        )
+
+    if "fed_f32" in runs:
+        r = runs["fed_f32"]
+        out.append("\nHR@10 (full) of the f32 federation by round:\n")
+        ks = [k for k in [1, 2, 5, 10, 15, 20, 25, 30] if at_round(r, k)]
+        out.append("| round | " + " | ".join(str(k) for k in ks) + " |")
+        out.append("|---" * (len(ks) + 1) + "|")
+        out.append("| HR@10 | " + " | ".join(f"{at_round(r, k)['hr10_full']:.4f}" for k in ks) + " |")
+        out.append("| mean local train loss | " + " | ".join(
+            f"{at_round(r, k)['train_loss']:.3f}" if at_round(r, k)["train_loss"] is not None else "–" for k in ks) + " |")
+
+    enc = [n for n in ["fed_f32", "fed_f16", "fed_int8"] if n in runs]
+    if enc:
+        k = min(runs[n]["config"]["rounds"] for n in enc)
+        out.append(f"\nBytes on the wire per store and round (QUIC stream payload, both directions) and the "
+                   f"HR@10 (full) each encoding reaches after {k} rounds:\n")
+        out.append("| encoding | up per store-round | down per store-round | HR@10 full at round "
+                   f"{k} | NDCG@10 full at round {k} |")
+        out.append("|---|---|---|---|---|")
+        for n in enc:
+            r = runs[n]
+            f = r["final"]
+            stores = len(f["per_store"]) or 11
+            per = stores * r["config"]["rounds"]
+            row = at_round(r, k)
+            out.append(f"| {r['config']['encoding']} | {f['bytes_up'] / per / 1e6:.3f} MB | "
+                       f"{f['bytes_down'] / per / 1e6:.3f} MB | {row['hr10_full']:.4f} | {row['ndcg10_full']:.4f} |")
+
+    if "fed_f32" in runs or local:
+        stores = sorted(set((runs.get("fed_f32") or {}).get("final", {}).get("per_store", {}))
+                        | set((local or {}).get("per_store", {})))
+        cols = [("fed_f32", "federated f32"), ("fed_dp8", "federated DP ε=8")]
+        cols = [(n, l) for n, l in cols if n in runs]
+        out.append("\nHR@10 (full) per store, test shoppers of that store:\n")
+        out.append("| store | shoppers | " + " | ".join(l for _, l in cols) + (" | local-only |" if local else " |"))
+        out.append("|---|---|" + "---|" * (len(cols) + (1 if local else 0)))
+        for s in stores:
+            first = runs.get("fed_f32", {}).get("final", {}).get("per_store", {}).get(s)
+            cases = first["cases"] if first else (local["per_store"][s].get("cases", "") if local else "")
+            cells = []
+            for n, _ in cols:
+                m = runs[n]["final"]["per_store"].get(s)
+                cells.append(f"{m['hr10']:.4f}" if m else "")
+            if local:
+                m = local["per_store"].get(s)
+                cells.append(f"{m['hr10']:.4f}" if m else "")
+            out.append(f"| {s} | {cases} | " + " | ".join(cells) + " |")
+
+    if "fed_ft" in runs and runs["fed_ft"]["fine_tuning"]:
+        out.append("\nServer fine-tuning of the fusion weights and head on the platform's held-out shoppers "
+                   "(validation HR@10 of the platform's shoppers before → after, per round; a round whose "
+                   "fine-tuning does not improve is discarded):\n")
+        out.append("| round | HR@10 before | HR@10 after | NDCG@10 before | NDCG@10 after | kept |")
+        out.append("|---|---|---|---|---|---|")
+        for ft in runs["fed_ft"]["fine_tuning"]:
+            m = ft["metrics"]
+            out.append(f"| {ft['round']} | {m.get('fine_tune_validation_hr10_before', float('nan')):.4f} | "
+                       f"{m.get('fine_tune_validation_hr10_after', float('nan')):.4f} | "
+                       f"{m.get('fine_tune_validation_ndcg10_before', float('nan')):.4f} | "
+                       f"{m.get('fine_tune_validation_ndcg10_after', float('nan')):.4f} | "
+                       f"{'yes' if m.get('fine_tune_kept', 0) > 0.5 else 'no'} |")
+
+    table = "\n".join(out) + "\n"
+    print(table)
+    begin, end = "<!-- federation-ml100k:begin -->", "<!-- federation-ml100k:end -->"
+    block = f"{begin}\n{table}{end}"
+    b, e = md.find(begin), md.find(end)
+    md = md[:b] + block + md[e + len(end):] if 0 <= b < e else md.rstrip() + "\n\n" + block + "\n"
+    args.benchmarks.write_text(md)
+    print("wrote", args.benchmarks)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Federated quality, wire bytes and wall time on MovieLens-100K (11 ZIP stores), written into
+# BENCHMARKS.md (section `federation-ml100k`) by bench/federation.py.
+#
+#   bench/federation.sh                      # every run below, seed 1, then the table
+#   bench/federation.sh --only fed_f32,local # some runs (names below), then the table
+#   bench/federation.sh --render             # the table from the reports already there
+#
+# Runs, each a JSON report under ${OUT:-$HOME/.cache/fedfuse/federation}:
+#   fed_f32    quickstart, FedAvg, ${ROUNDS:-20} rounds, f32 updates
+#   fed_f16    the same for ${ENC_ROUNDS:-10} rounds, f16 updates
+#   fed_int8   the same for ${ENC_ROUNDS:-10} rounds, int8 updates
+#   fed_dp8    user-level DP-SGD in every store, ε = 8 over the whole run, δ = 1e-4, ${ENC_ROUNDS:-10} rounds
+#   fed_ft     f32 with 10% of shoppers held by the platform, which fine-tunes the fusion each round
+#   local      train_centralized --mode local-only: every store trains alone on its shoppers
+# The centralized reference is the fused row of the quality table (`cargo bench --bench quality`).
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+DATA="${DATA:-$ROOT/../shared/data/ml-100k}"
+OUT="${OUT:-${XDG_CACHE_HOME:-$HOME/.cache}/fedfuse/federation}"
+SEED="${SEED:-1}"
+ROUNDS="${ROUNDS:-20}"
+ENC_ROUNDS="${ENC_ROUNDS:-10}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fedfuse/target}"
+# glibc keeps the training's large, short-lived buffers instead of mapping them afresh each step.
+export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-33554432}" MALLOC_TRIM_THRESHOLD_="${MALLOC_TRIM_THRESHOLD_:-8000000000}" MALLOC_TOP_PAD_="${MALLOC_TOP_PAD_:-1000000000}"
+
+if [[ ! -f "$DATA/u.data" ]]; then
+  echo "skipping: no MovieLens-100K at $DATA (GroupLens terms forbid shipping it)" >&2
+  exit 0
+fi
+mkdir -p "$OUT"
+only="fed_f32,fed_f16,fed_int8,fed_dp8,fed_ft,local"
+case "${1:-}" in
+  --only) only="$2" ;;
+  --render) only="" ;;
+esac
+
+# The federated recipe: two local epochs of small batches per round (measured best of the
+# local-steps / batch / lr grid in the federation issue's notes), FedAvg, the centralized shape.
+common=(--data "movielens:$DATA" --seed "$SEED" --dim 64 --max-len 50 --head 16
+        --local-epochs 2 --batch-size 8 --lr 3e-3)
+quickstart() {
+  local name="$1"; shift
+  echo "== $name" >&2
+  cargo run --release --quiet --example quickstart -- "${common[@]}" "$@" \
+    --report "$OUT/$name.json" 2>&1 | tee "$OUT/$name.log" | grep -E '^ *[0-9]+ |worst|bytes|fine-tuning' >&2
+}
+for run in ${only//,/ }; do
+  case "$run" in
+    fed_f32) quickstart fed_f32 --rounds "$ROUNDS" --encoding f32 ;;
+    fed_f16) quickstart fed_f16 --rounds "$ENC_ROUNDS" --encoding f16 ;;
+    fed_int8) quickstart fed_int8 --rounds "$ENC_ROUNDS" --encoding int8 ;;
+    fed_dp8) quickstart fed_dp8 --rounds "$ENC_ROUNDS" --target-epsilon 8 --delta 1e-4 ;;
+    fed_ft) quickstart fed_ft --rounds "$ENC_ROUNDS" --platform-share 0.1 ;;
+    local)
+      echo "== local" >&2
+      cargo run --release --quiet --example train_centralized -- --data "movielens:$DATA" \
+        --mode local-only --seeds "$SEED" --dim 64 --max-len 50 --head 16 --batch-size 32 \
+        --lr 1e-3 --device cpu --quiet --report "$OUT/local.json" 2>&1 | tail -3 >&2 ;;
+    *) echo "unknown run $run" >&2; exit 2 ;;
+  esac
+done
+exec python3 "$HERE/federation.py" --reports "$OUT" --benchmarks "$ROOT/BENCHMARKS.md"
