@@ -13,6 +13,21 @@ def load(reports: Path, name: str):
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def mean_std(values):
+    n = len(values)
+    m = sum(values) / n
+    sd = (sum((v - m) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
+    return m, sd
+
+
+def cell(values):
+    """`mean ± std (n)` over seeds, or the one value."""
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    m, sd = mean_std(values)
+    return f"{m:.4f} ± {sd:.4f}"
+
+
 def centralized(benchmarks: str):
     """Mean test HR@10 / NDCG@10 (full) of the fused row the quality benchmark wrote."""
     m = re.search(r"\| fused \(all branches\) \| ([0-9.]+)[^|]*\| ([0-9.]+)", benchmarks)
@@ -26,43 +41,58 @@ def at_round(report, k):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--reports", type=Path, required=True)
+    ap.add_argument("--reports", type=Path, nargs="+", required=True,
+                    help="one folder of reports per seed; the first seed's also gives the detail tables")
     ap.add_argument("--benchmarks", type=Path, required=True)
+    ap.add_argument("--note", default="", help="a sentence on how the runs were made (load, machine)")
     args = ap.parse_args()
     md = args.benchmarks.read_text() if args.benchmarks.exists() else "# Benchmarks\n"
     central = centralized(md)
-    local = load(args.reports, "local")
-    runs = {n: load(args.reports, n) for n in ["fed_f32", "fed_f16", "fed_int8", "fed_dp8", "fed_ft"]}
-    runs = {n: r for n, r in runs.items() if r}
+    names = ["local", "fed_f32", "fed_f16", "fed_int8", "fed_dp8", "fed_ft"]
+    # every seed's report of each run, the first folder's first
+    seeds_of = {n: [r for r in (load(d, n) for d in args.reports) if r] for n in names}
+    local = seeds_of["local"][0] if seeds_of["local"] else None
+    runs = {n: seeds_of[n][0] for n in names[1:] if seeds_of[n]}
     if not runs and not local:
         print("no reports under", args.reports)
         return
-    seed = next((r["config"]["seed"] for r in runs.values()), None)
+    def seeds(n):
+        return sorted({r["config"]["seed"] if "config" in r and "seed" in r["config"] else r.get("seeds", ["?"])[0]
+                       for r in seeds_of[n]})
     out = ["## Federation on MovieLens-100K (11 ZIP stores)\n"]
     out.append(
         "`bench/federation.sh` (quickstart on loopback: real QUIC, mutual TLS, one agent per store; "
-        f"seed {seed}, one seed only). Recipe: fused model dim 64, max_len 50, head 16; per round every "
+        "the main table is the mean ± sample std over the seeds in its column, the detail tables are of the "
+        "first seed). Recipe: fused model dim 64, max_len 50, head 16; per round every "
         "store trains 2 local epochs, batches of 8 windows, AdamW lr 3e-3, keeping its optimiser "
         "moments; FedAvg weighted by examples. Test metrics of the global model, full ranking "
         "(decides) and 99 sampled negatives. Centralized = fused row of the quality table "
         "(mean of its seeds); local-only = `train_centralized --mode local-only` (each store alone, "
-        "early stopping on its validation shoppers), every shopper scored by their own store's model.\n"
+        "early stopping on its validation shoppers), every shopper scored by their own store's model. "
+        + args.note + "\n"
     )
-    out.append("| run | rounds | HR@10 full | NDCG@10 full | HR@10 sampled | NDCG@10 sampled | "
+    out.append("| run | seeds | rounds | HR@10 full | NDCG@10 full | HR@10 sampled | NDCG@10 sampled | "
                "worst store HR@10 | / centralized | / local-only | ε max | wall s |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
-    local_hr = local["hr10_full"] if local else None
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    def metric(n, key):
+        """Every seed's value of one final metric of run `n`."""
+        return [(r if n == "local" else r["final"])[key] for r in seeds_of[n]]
+
+    def worst(n):
+        ws = [(r if n == "local" else r["final"]).get("worst_store") or {} for r in seeds_of[n]]
+        return cell([w.get("hr10", float("nan")) for w in ws]) + " (" + ", ".join(sorted({w.get("store", "?") for w in ws})) + ")"
+
+    local_hr = mean_std(metric("local", "hr10_full"))[0] if local else None
     if central:
-        out.append(f"| centralized fused (quality table) | – | {central[0]:.4f} | {central[1]:.4f} | | | | 1.00 | "
-                   f"{central[0] / local_hr:.2f} | | |" if local_hr else
-                   f"| centralized fused (quality table) | – | {central[0]:.4f} | {central[1]:.4f} | | | | 1.00 | | | |")
+        out.append(f"| centralized fused (quality table) | | – | {central[0]:.4f} | {central[1]:.4f} | | | | 1.00 | "
+                   + (f"{central[0] / local_hr:.2f}" if local_hr else "") + " | | |")
     if local:
-        w = local.get("worst_store") or {}
+        hr = mean_std(metric("local", "hr10_full"))[0]
         out.append(
-            f"| local-only (each store alone) | – | {local['hr10_full']:.4f} | {local['ndcg10_full']:.4f} | "
-            f"{local['hr10_sampled']:.4f} | {local['ndcg10_sampled']:.4f} | "
-            f"{w.get('hr10', float('nan')):.4f} ({w.get('store', '?')}) | "
-            + (f"{local['hr10_full'] / central[0]:.2f}" if central else "") + f" | 1.00 | | {local['seconds']:.0f} |"
+            f"| local-only (each store alone) | {', '.join(map(str, seeds('local')))} | – | "
+            + " | ".join(cell(metric("local", k)) for k in ["hr10_full", "ndcg10_full", "hr10_sampled", "ndcg10_sampled"])
+            + f" | {worst('local')} | " + (f"{hr / central[0]:.2f}" if central else "")
+            + f" | 1.00 | | {mean_std(metric('local', 'seconds'))[0]:.0f} |"
         )
     labels = {
         "fed_f32": "federated, f32 updates",
@@ -72,16 +102,15 @@ def main():
         "fed_ft": "federated + platform fine-tuning (10% shoppers held out)",
     }
     for name, r in runs.items():
-        f = r["final"]
-        w = f.get("worst_store") or {}
-        eps = [e for e in f.get("epsilon", {}).values() if e is not None]
+        hr = mean_std(metric(name, "hr10_full"))[0]
+        eps = [e for rr in seeds_of[name] for e in rr["final"].get("epsilon", {}).values() if e is not None]
         out.append(
-            f"| {labels[name]} | {r['config']['rounds']} | {f['hr10_full']:.4f} | {f['ndcg10_full']:.4f} | "
-            f"{f['hr10_sampled']:.4f} | {f['ndcg10_sampled']:.4f} | "
-            f"{w.get('hr10', float('nan')):.4f} ({w.get('store', '?')}) | "
-            + (f"{f['hr10_full'] / central[0]:.2f}" if central else "") + " | "
-            + (f"{f['hr10_full'] / local_hr:.2f}" if local_hr else "") + " | "
-            + (f"{max(eps):.2f}" if eps else "–") + f" | {f['seconds']:.0f} |"
+            f"| {labels[name]} | {', '.join(map(str, seeds(name)))} | {r['config']['rounds']} | "
+            + " | ".join(cell(metric(name, k)) for k in ["hr10_full", "ndcg10_full", "hr10_sampled", "ndcg10_sampled"])
+            + f" | {worst(name)} | "
+            + (f"{hr / central[0]:.2f}" if central else "") + " | "
+            + (f"{hr / local_hr:.2f}" if local_hr else "") + " | "
+            + (f"{max(eps):.2f}" if eps else "–") + f" | {mean_std(metric(name, 'seconds'))[0]:.0f} |"
         )
 
     if "fed_f32" in runs:

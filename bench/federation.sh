@@ -3,10 +3,10 @@
 # BENCHMARKS.md (section `federation-ml100k`) by bench/federation.py.
 #
 #   bench/federation.sh                      # every run below, seed 1, then the table
-#   bench/federation.sh --only fed_f32,local # some runs (names below), then the table
+#   SEEDS="2 3" bench/federation.sh --only fed_f32,local   # more seeds of some runs
 #   bench/federation.sh --render             # the table from the reports already there
 #
-# Runs, each a JSON report under ${OUT:-$HOME/.cache/fedfuse/federation}:
+# Runs, each a JSON report under ${OUT:-$HOME/.cache/fedfuse/federation}/seed-S:
 #   fed_f32    quickstart, FedAvg, ${ROUNDS:-20} rounds, f32 updates
 #   fed_f16    the same for ${ENC_ROUNDS:-10} rounds, f16 updates
 #   fed_int8   the same for ${ENC_ROUNDS:-10} rounds, int8 updates
@@ -19,7 +19,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 DATA="${DATA:-$ROOT/../shared/data/ml-100k}"
 OUT="${OUT:-${XDG_CACHE_HOME:-$HOME/.cache}/fedfuse/federation}"
-SEED="${SEED:-1}"
+SEEDS="${SEEDS:-1}"
 ROUNDS="${ROUNDS:-20}"
 ENC_ROUNDS="${ENC_ROUNDS:-10}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fedfuse/target}"
@@ -30,7 +30,6 @@ if [[ ! -f "$DATA/u.data" ]]; then
   echo "skipping: no MovieLens-100K at $DATA (GroupLens terms forbid shipping it)" >&2
   exit 0
 fi
-mkdir -p "$OUT"
 only="fed_f32,fed_f16,fed_int8,fed_dp8,fed_ft,local"
 case "${1:-}" in
   --only) only="$2" ;;
@@ -39,14 +38,16 @@ esac
 
 # The federated recipe: two local epochs of small batches per round (measured best of the
 # local-steps / batch / lr grid in the federation issue's notes), FedAvg, the centralized shape.
-common=(--data "movielens:$DATA" --seed "$SEED" --dim 64 --max-len 50 --head 16
-        --local-epochs 2 --batch-size 8 --lr 3e-3)
 quickstart() {
   local name="$1"; shift
-  echo "== $name" >&2
-  cargo run --release --quiet --example quickstart -- "${common[@]}" "$@" \
-    --report "$OUT/$name.json" 2>&1 | tee "$OUT/$name.log" | grep -E '^ *[0-9]+ |worst|bytes|fine-tuning' >&2
+  echo "== $name, seed $SEED" >&2
+  cargo run --release --quiet --example quickstart -- --data "movielens:$DATA" --seed "$SEED" \
+    --dim 64 --max-len 50 --head 16 --local-epochs 2 --batch-size 8 --lr 3e-3 "$@" \
+    --report "$DIR/$name.json" 2>&1 | tee "$DIR/$name.log" | grep -E '^ *[0-9]+ |worst|bytes|fine-tuning' >&2
 }
+for SEED in $SEEDS; do
+DIR="$OUT/seed-$SEED"
+mkdir -p "$DIR"
 for run in ${only//,/ }; do
   case "$run" in
     fed_f32) quickstart fed_f32 --rounds "$ROUNDS" --encoding f32 ;;
@@ -55,11 +56,15 @@ for run in ${only//,/ }; do
     fed_dp8) quickstart fed_dp8 --rounds "$ENC_ROUNDS" --target-epsilon 8 --delta 1e-4 ;;
     fed_ft) quickstart fed_ft --rounds "$ENC_ROUNDS" --platform-share 0.1 ;;
     local)
-      echo "== local" >&2
+      echo "== local, seed $SEED" >&2
       cargo run --release --quiet --example train_centralized -- --data "movielens:$DATA" \
         --mode local-only --seeds "$SEED" --dim 64 --max-len 50 --head 16 --batch-size 32 \
-        --lr 1e-3 --device cpu --quiet --report "$OUT/local.json" 2>&1 | tail -3 >&2 ;;
+        --lr 1e-3 --device cpu --quiet --report "$DIR/local.json" 2>&1 | tail -3 >&2 ;;
     *) echo "unknown run $run" >&2; exit 2 ;;
   esac
 done
-exec python3 "$HERE/federation.py" --reports "$OUT" --benchmarks "$ROOT/BENCHMARKS.md"
+done
+# Seed 1 first: its reports give the detail tables.
+mapfile -t dirs < <(ls -d "$OUT"/seed-* 2>/dev/null | sort -t- -k2 -n)
+exec python3 "$HERE/federation.py" --reports "${dirs[@]}" --benchmarks "$ROOT/BENCHMARKS.md" \
+  --note "${NOTE:-}"
