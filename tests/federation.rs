@@ -19,7 +19,7 @@ use fedfuse_server::pki::{self, InitOptions, PlatformDir, StoreBundle};
 use fedfuse_server::round::RoundPolicy;
 use fedfuse_server::service::{ServiceOptions, ServiceReport, run_aggregator};
 use fedfuse_server::state::AggregatorState;
-use fedfuse_transport::{AggregatorEndpoint, StoreEndpoint, TransportTuning};
+use fedfuse_transport::{AggregatorEndpoint, PeerConnection, StoreEndpoint, TransportTuning};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -143,6 +143,38 @@ fn federation(state_dir: &std::path::Path, policy: RoundPolicy) -> Federation {
     }
 }
 
+impl Federation {
+    /// A store agent running the honest stand-in trainer toward `target`.
+    fn spawn_store(&self, name: &str, target_value: f32, examples: u64, poison: bool) -> JoinHandle<AgentReport> {
+        let bundle = self.platform.issue_store(name, 1).unwrap();
+        tokio::spawn(store(
+            bundle,
+            self.addr,
+            TowardTarget {
+                target: target(target_value),
+                examples,
+                poison,
+            },
+        ))
+    }
+
+    /// A store driven by hand up to its first offer (model received), for tests that then
+    /// send what no honest agent would. The endpoint is returned so it outlives the connection.
+    async fn take_first_offer_by_hand(&self, name: &str) -> (StoreEndpoint, PeerConnection, fedfuse_protocol::msgs::RoundOffer) {
+        let bundle = self.platform.issue_store(name, 1).unwrap();
+        let (identity, trust) = bundle.tls().unwrap();
+        let endpoint = StoreEndpoint::new(Some(&identity), &trust, &TransportTuning::default()).unwrap();
+        let conn = endpoint.connect(self.addr, &bundle.aggregator_name).await.unwrap();
+        conn.send(&Message::Hello(Hello::current(name, caps()))).await.unwrap();
+        assert!(matches!(conn.recv().await.unwrap(), Message::Welcome(_)));
+        let Message::RoundOffer(offer) = conn.recv().await.unwrap() else {
+            panic!("no offer")
+        };
+        conn.recv_model(&offer.model, 1 << 20).await.unwrap();
+        (endpoint, conn, offer)
+    }
+}
+
 async fn store(bundle: StoreBundle, addr: SocketAddr, mut trainer: TowardTarget) -> AgentReport {
     let (identity, trust) = bundle.tls().unwrap();
     let endpoint = StoreEndpoint::new(Some(&identity), &trust, &TransportTuning::default()).unwrap();
@@ -168,18 +200,7 @@ fn assert_close(got: &[f32], want: f32) {
 async fn three_stores_complete_three_rounds() {
     let state = tempfile::tempdir().unwrap();
     let f = federation(state.path(), policy(3, 3, 3));
-    let stores = [("a", 1.0, 1), ("b", 2.0, 1), ("c", 5.0, 2)].map(|(name, t, examples)| {
-        let bundle = f.platform.issue_store(name, 1).unwrap();
-        tokio::spawn(store(
-            bundle,
-            f.addr,
-            TowardTarget {
-                target: target(t),
-                examples,
-                poison: false,
-            },
-        ))
-    });
+    let stores = [("a", 1.0, 1), ("b", 2.0, 1), ("c", 5.0, 2)].map(|(name, t, examples)| f.spawn_store(name, t, examples, false));
     let report = tokio::time::timeout(Duration::from_secs(60), f.service)
         .await
         .unwrap()
@@ -203,32 +224,9 @@ async fn three_stores_complete_three_rounds() {
 async fn a_store_killed_mid_upload_neither_stalls_nor_corrupts_the_round() {
     let state = tempfile::tempdir().unwrap();
     let f = federation(state.path(), policy(3, 2, 1));
-    let good: Vec<_> = [("a", 1.0), ("b", 3.0)]
-        .into_iter()
-        .map(|(name, t)| {
-            let bundle = f.platform.issue_store(name, 1).unwrap();
-            tokio::spawn(store(
-                bundle,
-                f.addr,
-                TowardTarget {
-                    target: target(t),
-                    examples: 1,
-                    poison: false,
-                },
-            ))
-        })
-        .collect();
+    let good = [("a", 1.0), ("b", 3.0)].map(|(name, t)| f.spawn_store(name, t, 1, false));
     // The third store takes its offer, starts uploading a huge poisoned update, and dies.
-    let bundle = f.platform.issue_store("doomed", 1).unwrap();
-    let (identity, trust) = bundle.tls().unwrap();
-    let endpoint = StoreEndpoint::new(Some(&identity), &trust, &TransportTuning::default()).unwrap();
-    let conn = endpoint.connect(f.addr, &bundle.aggregator_name).await.unwrap();
-    conn.send(&Message::Hello(Hello::current("doomed", caps()))).await.unwrap();
-    assert!(matches!(conn.recv().await.unwrap(), Message::Welcome(_)));
-    let Message::RoundOffer(offer) = conn.recv().await.unwrap() else {
-        panic!("no offer")
-    };
-    conn.recv_model(&offer.model, 1 << 20).await.unwrap();
+    let (endpoint, conn, offer) = f.take_first_offer_by_hand("doomed").await;
     let upload = Message::UpdateUpload(UpdateUpload {
         round_id: offer.round_id,
         base_model_version: offer.model.version,
@@ -274,21 +272,8 @@ async fn a_nan_update_is_rejected_with_its_reason() {
             ..policy(3, 2, 1)
         },
     );
-    let stores: Vec<_> = [("a", 1.0, false), ("b", 3.0, false), ("nan", 100.0, true)]
-        .into_iter()
-        .map(|(name, t, poison)| {
-            let bundle = f.platform.issue_store(name, 1).unwrap();
-            tokio::spawn(store(
-                bundle,
-                f.addr,
-                TowardTarget {
-                    target: target(t),
-                    examples: 1,
-                    poison,
-                },
-            ))
-        })
-        .collect();
+    let stores =
+        [("a", 1.0, false), ("b", 3.0, false), ("nan", 100.0, true)].map(|(name, t, poison)| f.spawn_store(name, t, 1, poison));
     let report = tokio::time::timeout(Duration::from_secs(60), f.service)
         .await
         .unwrap()
@@ -299,7 +284,7 @@ async fn a_nan_update_is_rejected_with_its_reason() {
         "{:?}",
         report.rejected
     );
-    let reports: Vec<AgentReport> = futures_join(stores).await;
+    let reports: Vec<AgentReport> = futures_join(stores.into()).await;
     let nan = reports.iter().find(|r| r.store_id == "nan").unwrap();
     assert!(
         matches!(&nan.rejected[..], [(1, RejectionReason::NonFinite { .. })]),
@@ -319,32 +304,9 @@ async fn a_wrongly_shaped_update_is_rejected_with_its_reason_and_never_applied()
             ..policy(3, 2, 1)
         },
     );
-    let good: Vec<_> = [("a", 1.0), ("b", 3.0)]
-        .into_iter()
-        .map(|(name, t)| {
-            let bundle = f.platform.issue_store(name, 1).unwrap();
-            tokio::spawn(store(
-                bundle,
-                f.addr,
-                TowardTarget {
-                    target: target(t),
-                    examples: 1,
-                    poison: false,
-                },
-            ))
-        })
-        .collect();
+    let good = [("a", 1.0), ("b", 3.0)].map(|(name, t)| f.spawn_store(name, t, 1, false));
     // The third store answers its offer with a tensor of the wrong shape.
-    let bundle = f.platform.issue_store("shaped", 1).unwrap();
-    let (identity, trust) = bundle.tls().unwrap();
-    let endpoint = StoreEndpoint::new(Some(&identity), &trust, &TransportTuning::default()).unwrap();
-    let conn = endpoint.connect(f.addr, &bundle.aggregator_name).await.unwrap();
-    conn.send(&Message::Hello(Hello::current("shaped", caps()))).await.unwrap();
-    assert!(matches!(conn.recv().await.unwrap(), Message::Welcome(_)));
-    let Message::RoundOffer(offer) = conn.recv().await.unwrap() else {
-        panic!("no offer")
-    };
-    conn.recv_model(&offer.model, 1 << 20).await.unwrap();
+    let (_endpoint, conn, offer) = f.take_first_offer_by_hand("shaped").await;
     let wrong = [PARAMS as u32 + 1];
     conn.send(&Message::UpdateUpload(UpdateUpload {
         round_id: offer.round_id,
