@@ -41,10 +41,12 @@ use fedfuse_protocol::msgs::{Capabilities, LocalWork, TrainingPlan};
 use fedfuse_protocol::tensor::{UpdateEncoding, ValueEncoding};
 use fedfuse_server::aggregate::AggregationRule;
 use fedfuse_server::aggregate::optimizer::ServerOptimizerConfig;
+use fedfuse_server::central_dp::{AdaptiveClipping, CentralDp};
 use fedfuse_server::fine_tune::FusionFineTuner;
 use fedfuse_server::layout::{ModelLayout, TensorSpec};
 use fedfuse_server::pki::{self, InitOptions};
 use fedfuse_server::round::RoundPolicy;
+use fedfuse_server::schedule::LearningRateSchedule;
 use fedfuse_server::service::{FineTuner, ServiceOptions, run_aggregator_with};
 use fedfuse_server::state::{AggregatorState, Committed};
 use fedfuse_transport::{AggregatorEndpoint, StoreEndpoint, TransportTuning};
@@ -73,6 +75,13 @@ struct Cli {
     /// Local learning rate (AdamW).
     #[arg(long, default_value_t = 1e-3)]
     lr: f32,
+    /// How the aggregator sets the local learning rate round by round: `cosine` decays it from
+    /// --lr in round 1 towards --lr × --min-lr-fraction after the last round (what a
+    /// centralized trainer's schedule does over its epochs); `constant` keeps --lr.
+    #[arg(long, default_value = "cosine", value_parser = ["cosine", "constant"])]
+    lr_schedule: String,
+    #[arg(long, default_value_t = 0.05)]
+    min_lr_fraction: f32,
     /// Windows per local batch.
     #[arg(long, default_value_t = 32)]
     batch_size: u32,
@@ -103,6 +112,11 @@ struct Cli {
     target_epsilon: Option<f64>,
     #[arg(long, default_value_t = 1e-4)]
     delta: f64,
+    /// Store-level DP (one store = one privacy unit) on every published model, at this ε for the
+    /// whole run: the aggregator clips each update (adaptively, to the median norm), adds the
+    /// noise once to their sum and charges every round to its own ledger first.
+    #[arg(long)]
+    store_level_epsilon: Option<f64>,
     /// DP-SGD: expected shoppers per step in each store.
     #[arg(long, default_value_t = 16.0)]
     dp_batch: f64,
@@ -278,6 +292,28 @@ fn main() -> anyhow::Result<()> {
         )) as Box<dyn FineTuner>
     });
     let dp = cli.target_epsilon.is_some();
+    let central_dp = match cli.store_level_epsilon {
+        None => None,
+        Some(epsilon) => {
+            // Every round is charged as a full-participation Gaussian: z for ε over all rounds.
+            let z = noise_multiplier_for(epsilon * 0.99, cli.delta, 1.0, cli.rounds.max(1), Accountant::Pld)
+                .map_err(anyhow::Error::msg)?;
+            Some(CentralDp {
+                noise_multiplier: z,
+                clip_norm: 1.0,
+                expected_stores: stores.len() as f64,
+                epsilon_max: epsilon,
+                delta: cli.delta,
+                // The count's noise at z_b = z costs the update 15% more noise (Andrew et al.).
+                adaptive: Some(AdaptiveClipping {
+                    target_quantile: 0.5,
+                    learning_rate: 0.2,
+                    count_noise_multiplier: z,
+                }),
+                grid_exponent: DEFAULT_GRID_EXPONENT,
+            })
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(stores.len() + 2)
         .enable_all()
@@ -308,6 +344,7 @@ fn main() -> anyhow::Result<()> {
             },
             optimizer: server_optimizer(&cli.server_optimizer, cli.server_lr)?,
             fine_tune: platform.is_some(),
+            central_dp: central_dp.clone(),
             ..RoundPolicy::default()
         };
         let options = ServiceOptions {
@@ -319,6 +356,13 @@ fn main() -> anyhow::Result<()> {
                 proximal_mu: None,
                 update_encoding: encoding(&cli.encoding)?,
                 dp: None,
+            },
+            schedule: if cli.lr_schedule == "constant" {
+                LearningRateSchedule::Constant
+            } else {
+                LearningRateSchedule::Cosine {
+                    min_learning_rate: cli.lr * cli.min_lr_fraction,
+                }
             },
             capabilities: Capabilities {
                 update_encodings: UpdateEncoding::ALL.to_vec(),
@@ -531,6 +575,18 @@ fn main() -> anyhow::Result<()> {
             )
         })
         .collect();
+    if let Some(eps) = service_report.central_epsilon {
+        println!(
+            "store-level ε spent by the published models: {eps:.3} (budget {}, δ {}){}",
+            cli.store_level_epsilon.unwrap_or(f64::NAN),
+            cli.delta,
+            if service_report.budget_spent {
+                "; the budget stopped the federation"
+            } else {
+                ""
+            }
+        );
+    }
     println!(
         "bytes up {bytes_up}, down {bytes_down} ({:.0} up per store and round); federation {federation_seconds:.1} s, total {:.1} s",
         bytes_up as f64 / (stores.len() as f64 * cli.rounds.max(1) as f64),
@@ -539,10 +595,10 @@ fn main() -> anyhow::Result<()> {
     if let Some(path) = cli.report {
         let report = json!({
             "data": cli.data.to_string(),
-            "config": {"rounds": cli.rounds, "local_epochs": cli.local_epochs, "lr": cli.lr, "batch_size": cli.batch_size,
+            "config": {"rounds": cli.rounds, "local_epochs": cli.local_epochs, "lr": cli.lr, "lr_schedule": cli.lr_schedule, "min_lr_fraction": cli.min_lr_fraction, "batch_size": cli.batch_size,
                 "server_optimizer": cli.server_optimizer, "server_lr": cli.server_lr, "encoding": cli.encoding,
                 "dim": cli.dim, "max_len": cli.max_len, "head": cli.head, "seed": cli.seed,
-                "target_epsilon": cli.target_epsilon, "delta": cli.delta, "platform_share": cli.platform_share},
+                "target_epsilon": cli.target_epsilon, "store_level_epsilon": cli.store_level_epsilon, "delta": cli.delta, "platform_share": cli.platform_share},
             "rounds": rounds,
             "fine_tuning": service_report.fine_tuning.iter().map(|(r, m)| json!({"round": r,
                 "metrics": m.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>()})).collect::<Vec<_>>(),
@@ -553,12 +609,20 @@ fn main() -> anyhow::Result<()> {
                 "per_store": e.full.by_store.iter().map(|(s, m)| (store_name(s), json!({"hr10": m.mean.hit_rate, "ndcg10": m.mean.ndcg, "cases": m.cases}))).collect::<serde_json::Map<_, _>>(),
                 "worst_store": worst.map(|(s, m)| json!({"store": store_name(s), "hr10": m.mean.hit_rate})),
                 "epsilon": epsilon,
+                "store_level_epsilon": service_report.central_epsilon,
                 "bytes_up": bytes_up, "bytes_down": bytes_down,
                 "seconds": federation_seconds,
             }
         });
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
         eprintln!("report written to {}", path.display());
+        let ledger = state_dir.join("privacy-ledger.jsonl");
+        if ledger.exists() {
+            // The aggregator's ledger outlives the run's temporary folder, for the auditor.
+            let kept = path.with_extension("ledger.jsonl");
+            std::fs::copy(&ledger, &kept)?;
+            eprintln!("aggregator's privacy ledger copied to {}", kept.display());
+        }
     }
     Ok(())
 }

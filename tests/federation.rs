@@ -17,6 +17,7 @@ use fedfuse_server::aggregate::AggregationRule;
 use fedfuse_server::layout::{ModelLayout, TensorSpec};
 use fedfuse_server::pki::{self, InitOptions, PlatformDir, StoreBundle};
 use fedfuse_server::round::RoundPolicy;
+use fedfuse_server::schedule::LearningRateSchedule;
 use fedfuse_server::service::{ServiceOptions, ServiceReport, run_aggregator};
 use fedfuse_server::state::AggregatorState;
 use fedfuse_transport::{AggregatorEndpoint, PeerConnection, StoreEndpoint, TransportTuning};
@@ -78,6 +79,7 @@ fn options(policy: RoundPolicy) -> ServiceOptions {
             update_encoding: UpdateEncoding::Dense(ValueEncoding::F32),
             dp: None,
         },
+        schedule: LearningRateSchedule::Constant,
         capabilities: caps(),
         chunk_bytes: 1 << 20,
         tick: Duration::from_millis(50),
@@ -688,5 +690,70 @@ mod private {
         assert!(ledger.is_empty(), "nothing charged");
         assert!(report.trained_rounds.is_empty());
         assert_eq!(report.refused.as_deref(), Some(bye.reason.as_str()));
+    }
+}
+
+/// Central DP on real QUIC: each round's model exists only after its release is on the
+/// aggregator's ledger, the chain audits clean, and the budget, not the round count, ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn central_dp_charges_the_aggregators_ledger_before_each_model_and_stops_at_the_budget() {
+    use fedfuse_server::central_dp::{CentralDp, CentralPrivacy};
+    let state = tempfile::tempdir().unwrap();
+    let dp = CentralDp {
+        noise_multiplier: 2.0,
+        clip_norm: 1.0,
+        expected_stores: 3.0,
+        epsilon_max: 4.0,
+        delta: 1e-5,
+        adaptive: None,
+        grid_exponent: -20,
+    };
+    // What the accountant allows, asked of a scratch ledger the same way the service will.
+    let scratch = tempfile::tempdir().unwrap();
+    let allowed = CentralPrivacy::open(dp.clone(), &scratch.path().join("l.jsonl"), PARAMS)
+        .unwrap()
+        .rounds_allowed(10)
+        .unwrap();
+    assert!((1..10).contains(&allowed), "{allowed}");
+    let f = federation(
+        state.path(),
+        RoundPolicy {
+            central_dp: Some(dp.clone()),
+            ..policy(3, 3, 10)
+        },
+    );
+    // Targets 0.1, 0.2, 0.3: every update is within C, the noiseless average would be 0.2.
+    let stores = [("a", 0.1), ("b", 0.2), ("c", 0.3)].map(|(name, t)| f.spawn_store(name, t, 1, false));
+    let report = tokio::time::timeout(Duration::from_secs(60), f.service)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(report.budget_spent);
+    let committed: Vec<_> = report.rounds.iter().filter(|r| r.round_id > 0).collect();
+    assert_eq!(committed.len() as u64, allowed);
+    let ledger_path = state.path().join("privacy-ledger.jsonl");
+    let entries = fedfuse_privacy::ledger::verify(&ledger_path).unwrap();
+    assert_eq!(entries.len() as u64, allowed);
+    for (entry, round) in entries.iter().zip(&committed) {
+        assert_eq!(entry.release.round, round.round_id);
+        assert!(
+            entry.unix_ms <= round.unix_ms,
+            "round {} committed before its charge",
+            round.round_id
+        );
+        assert_eq!(entry.release.steps, 1);
+        assert_eq!(entry.release.sampling_probability, 1.0);
+        assert!(entry.release.noise_multiplier >= 2.0);
+    }
+    let audit = fedfuse_privacy::audit::audit_ledger(&ledger_path).unwrap();
+    assert_eq!(audit.len(), 1);
+    assert!(audit[0].ok(), "{:?}", audit[0]);
+    let eps = report.central_epsilon.unwrap();
+    assert!(eps <= 4.0 && (eps - audit[0].eps_pld.min(audit[0].eps_rdp)).abs() < 1e-9);
+    // The published model is noised: std z·C/3 ≈ 0.67 per coordinate and round.
+    assert!(report.params.iter().all(|p| p.is_finite()));
+    assert!(report.params.iter().any(|p| (p - 0.2).abs() > 1e-3), "{:?}", report.params);
+    for s in stores {
+        assert_eq!(s.await.unwrap().accepted.len() as u64, allowed);
     }
 }

@@ -69,6 +69,10 @@ pub struct PlanSection {
     pub encoding: String,
     /// FedProx μ (0: plain local training).
     pub proximal_mu: f32,
+    /// `cosine` (from `learning_rate` down to `min_learning_rate` over `[round] rounds`) or
+    /// `constant`.
+    pub learning_rate_schedule: String,
+    pub min_learning_rate: f32,
 }
 
 impl Default for PlanSection {
@@ -79,11 +83,25 @@ impl Default for PlanSection {
             batch_size: 32,
             encoding: "f32".into(),
             proximal_mu: 0.0,
+            learning_rate_schedule: "cosine".into(),
+            min_learning_rate: 1e-4,
         }
     }
 }
 
 impl PlanSection {
+    pub fn schedule(&self) -> Result<crate::schedule::LearningRateSchedule, String> {
+        use crate::schedule::LearningRateSchedule;
+        match self.learning_rate_schedule.as_str() {
+            "constant" => Ok(LearningRateSchedule::Constant),
+            "cosine" if self.min_learning_rate.is_finite() && self.min_learning_rate >= 0.0 => Ok(LearningRateSchedule::Cosine {
+                min_learning_rate: self.min_learning_rate,
+            }),
+            "cosine" => Err(format!("[plan] min_learning_rate {} must be ≥ 0", self.min_learning_rate)),
+            other => Err(format!("[plan] learning_rate_schedule {other:?}: use cosine or constant")),
+        }
+    }
+
     pub fn update_encoding(&self) -> Result<fedfuse_protocol::tensor::UpdateEncoding, String> {
         use fedfuse_protocol::tensor::{UpdateEncoding, ValueEncoding};
         Ok(UpdateEncoding::Dense(match self.encoding.as_str() {
@@ -245,6 +263,15 @@ optimizer = {optimizer}
 # shoppers ([platform]) before the round commits; kept only if their validation improves.
 fine_tune = {fine_tune}
 
+# Store-level DP on every published model (client-level DP-FedAvg, Andrew et al. 2021): each
+# update is clipped to clip_norm, the sum gets exact discrete Gaussian noise of std
+# noise_multiplier × clip_norm once, here, and is divided by the fixed expected_stores. Every
+# round is charged to <state dir>/privacy-ledger.jsonl (fsynced) before its model exists, at
+# q = 1 (no amplification by sampling is claimed); when the next round would bring ε above
+# epsilon_max at delta, the federation stops. `adaptive` makes clip_norm follow a quantile of
+# update norms; its noised count is charged inside noise_multiplier. Audit with
+# `cargo run --example dp_accounting -- --ledger <state dir>/privacy-ledger.jsonl`.
+{central}
 [plan]
 # What each round asks of the stores: local epochs over their shoppers, AdamW learning rate,
 # windows per batch, and how the update travels (f32, f16 or int8 with unbiased rounding).
@@ -254,6 +281,11 @@ batch_size = {bs}
 encoding = "{enc}"
 # FedProx proximal term μ (0: plain local training).
 proximal_mu = {mu:?}
+# The rate offered round by round: "cosine" decays it from learning_rate in round 1 to
+# min_learning_rate after [round] rounds (constant when rounds = 0), as a centralized trainer's
+# schedule would; "constant" offers learning_rate every round.
+learning_rate_schedule = "{lrs}"
+min_learning_rate = {minlr:?}
 
 [model]
 # The fused recommender every store trains; stores must configure the same [model].
@@ -302,11 +334,14 @@ fine_tune_learning_rate = {ftlr:?}
                 .norm_bound
                 .map_or("# norm_bound = 10.0".to_string(), |b| format!("norm_bound = {b:?}")),
             fine_tune = r.fine_tune,
+            central = central_dp_block(r.central_dp.as_ref()),
             le = pl.local_epochs,
             lr = pl.learning_rate,
             bs = pl.batch_size,
             enc = pl.encoding,
             mu = pl.proximal_mu,
+            lrs = pl.learning_rate_schedule,
+            minlr = pl.min_learning_rate,
             dim = m.dim,
             max_len = m.max_len,
             head = m.head,
@@ -322,6 +357,28 @@ fine_tune_learning_rate = {ftlr:?}
             ftlr = pf.fine_tune_learning_rate,
         )
     }
+}
+
+/// `[round.central_dp]` as TOML: the configured values, or a commented example.
+fn central_dp_block(dp: Option<&crate::central_dp::CentralDp>) -> String {
+    let Some(dp) = dp else {
+        return "# [round.central_dp]\n# noise_multiplier = 1.0\n# clip_norm = 1.0\n# expected_stores = 10.0\n\
+                # epsilon_max = 8.0\n# delta = 1e-5\n# grid_exponent = -20\n\
+                # adaptive = { target_quantile = 0.5, learning_rate = 0.2, count_noise_multiplier = 2.0 }\n"
+            .into();
+    };
+    let mut out = format!(
+        "[round.central_dp]\nnoise_multiplier = {:?}\nclip_norm = {:?}\nexpected_stores = {:?}\n\
+         epsilon_max = {:?}\ndelta = {:?}\ngrid_exponent = {}\n",
+        dp.noise_multiplier, dp.clip_norm, dp.expected_stores, dp.epsilon_max, dp.delta, dp.grid_exponent
+    );
+    if let Some(a) = &dp.adaptive {
+        out.push_str(&format!(
+            "adaptive = {{ target_quantile = {:?}, learning_rate = {:?}, count_noise_multiplier = {:?} }}\n",
+            a.target_quantile, a.learning_rate, a.count_noise_multiplier
+        ));
+    }
+    out
 }
 
 /// Tagged enums written as TOML inline tables (`{ rule = "…" }`), which `toml` only emits for
@@ -367,6 +424,20 @@ mod tests {
         config.plan.encoding = "int8".into();
         config.model.dim = 32;
         config.platform.hold_out = 0.25;
+        config.plan.learning_rate_schedule = "constant".into();
+        config.round.central_dp = Some(crate::central_dp::CentralDp {
+            noise_multiplier: 1.25,
+            clip_norm: 0.5,
+            expected_stores: 11.0,
+            epsilon_max: 8.0,
+            delta: 1e-5,
+            adaptive: Some(crate::central_dp::AdaptiveClipping {
+                target_quantile: 0.5,
+                learning_rate: 0.2,
+                count_noise_multiplier: 0.75,
+            }),
+            grid_exponent: -18,
+        });
         let parsed: ServerConfig = toml::from_str(&config.to_commented_toml()).unwrap();
         assert_eq!(parsed, config);
         let defaults: ServerConfig = toml::from_str(&ServerConfig::default().to_commented_toml()).unwrap();

@@ -4,19 +4,23 @@
 //! - [`config`]: the aggregator's TOML configuration.
 //! - [`layout`], [`validate`]: the global model's tensors, and the checks an update must pass.
 //! - [`aggregate`]: streaming aggregation rules and server optimisers.
+//! - [`central_dp`]: client-level DP-FedAvg noised by the aggregator, charged to its own ledger.
 //! - [`service`]: the async driver: QUIC sessions in, coordinator actions out, commits persisted.
 //! - [`fine_tune`]: the platform's fine-tuning of the fused model on its own shoppers.
+//! - [`schedule`]: the learning rate the aggregator offers, round by round.
 //! - [`safetensors`]: model import and export for PyTorch users.
 //! - [`state`]: the embedded database and model blobs, for crash-safe resumption.
 //! - [`round`]: the [`round::RoundCoordinator`] state machine: events in, actions out, no I/O.
 
 pub mod aggregate;
+pub mod central_dp;
 pub mod config;
 pub mod fine_tune;
 pub mod layout;
 pub mod pki;
 pub mod round;
 pub mod safetensors;
+pub mod schedule;
 pub mod service;
 pub mod state;
 pub mod validate;

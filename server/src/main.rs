@@ -284,6 +284,7 @@ fn main() -> anyhow::Result<()> {
                         update_encoding: config.plan.update_encoding().map_err(anyhow::Error::msg)?,
                         dp: None,
                     },
+                    schedule: config.plan.schedule().map_err(anyhow::Error::msg)?,
                     capabilities: Capabilities {
                         update_encodings: UpdateEncoding::ALL.to_vec(),
                         max_message_bytes: 1 << 30,
@@ -330,6 +331,23 @@ fn main() -> anyhow::Result<()> {
                     "{name:<20} {:>8} {:>10} {eps:>10} {delta:>8}",
                     s.accepted_updates, s.last_round
                 );
+            }
+            // The aggregator's own releases (central DP), recomputed from its ledger.
+            let ledger = state.ledger_path();
+            if ledger.exists() {
+                for a in fedfuse_privacy::audit::audit_ledger(&ledger)? {
+                    println!(
+                        "\ncentral DP ({}): {} releases, ε {:.4} (RDP {:.4}, PLD {:.4}) of {} at δ {:.0e}{}",
+                        ledger.display(),
+                        a.releases,
+                        a.eps_rdp.min(a.eps_pld),
+                        a.eps_rdp,
+                        a.eps_pld,
+                        a.epsilon_max,
+                        a.delta,
+                        if a.ok() { "" } else { "  AUDIT FAILED" }
+                    );
+                }
             }
         }
         Command::Export {

@@ -19,8 +19,10 @@ use fedfuse_protocol::{Message, MessageKind};
 use fedfuse_transport::{AggregatorEndpoint, PeerConnection, TransportError};
 use tokio::sync::{mpsc, watch};
 
+use crate::central_dp::{CentralDpError, CentralPrivacy};
 use crate::layout::ModelLayout;
-use crate::round::{Action, Event, RoundCoordinator, RoundPolicy, StoreId};
+use crate::round::{Action, CentralClipping, Event, RoundCoordinator, RoundPolicy, StoreId};
+use crate::schedule::LearningRateSchedule;
 use crate::state::{AggregatorState, RoundRecord, StateError};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,14 +33,17 @@ pub enum ServiceError {
     NoModel,
     #[error("[round] fine_tune = true, but no fine-tuner was given (configure [fine_tune])")]
     FineTuneUnavailable,
+    #[error(transparent)]
+    CentralDp(#[from] CentralDpError),
 }
 
 /// How the service runs rounds and what it offers.
 #[derive(Debug, Clone)]
 pub struct ServiceOptions {
     pub policy: RoundPolicy,
-    /// Sent with every offer.
+    /// Sent with every offer, its learning rate set by `schedule` for the round.
     pub plan: TrainingPlan,
+    pub schedule: LearningRateSchedule,
     pub capabilities: Capabilities,
     pub chunk_bytes: u32,
     /// How often the coordinator sees the clock.
@@ -70,6 +75,10 @@ pub struct ServiceReport {
     pub failed_rounds: Vec<(u64, String)>,
     /// Per fine-tuned round: its metrics.
     pub fine_tuning: Vec<(u64, Vec<(String, f64)>)>,
+    /// Central DP: ε spent by the federation so far (the smaller of RDP and PLD), and whether
+    /// the budget stopped it.
+    pub central_epsilon: Option<f64>,
+    pub budget_spent: bool,
 }
 
 enum Outbound {
@@ -135,6 +144,27 @@ pub async fn run_aggregator_with(
         next_round,
         spill,
     );
+    // Central DP: the aggregator's own ledger, beside its database; a broken chain stops it.
+    let central = match &opts.policy.central_dp {
+        Some(config) => {
+            let privacy = CentralPrivacy::open(config.clone(), &state.ledger_path(), snapshot.layout.len())?;
+            let cap = if opts.policy.rounds > 0 { opts.policy.rounds } else { 1 << 20 };
+            let rounds_allowed = privacy.rounds_allowed(cap)?;
+            tracing::info!(
+                rounds_allowed,
+                epsilon_spent = privacy.spent()?.claimed(),
+                epsilon_max = config.epsilon_max,
+                ledger = %privacy.ledger().path().display(),
+                "central DP"
+            );
+            coordinator = coordinator.with_central_dp(CentralClipping {
+                clip_norm: privacy.clip_norm(),
+                rounds_allowed,
+            });
+            Some(Arc::new(std::sync::Mutex::new(privacy)))
+        }
+        None => None,
+    };
     let (inbound_tx, mut inbound_rx) = mpsc::unbounded_channel::<Inbound>();
     let acceptor = {
         let endpoint = endpoint.clone();
@@ -159,6 +189,8 @@ pub async fn run_aggregator_with(
         rejected: Vec::new(),
         failed_rounds: Vec::new(),
         fine_tuning: Vec::new(),
+        central_epsilon: None,
+        budget_spent: false,
     };
     let mut sessions: HashMap<StoreId, (u64, mpsc::UnboundedSender<Outbound>)> = HashMap::new();
     // Spends reported with updates, recorded once the coordinator accepts them.
@@ -184,7 +216,10 @@ pub async fn run_aggregator_with(
                             total_bytes: blob.len() as u64,
                             chunk_bytes: opts.chunk_bytes,
                         },
-                        plan: opts.plan.clone(),
+                        plan: TrainingPlan {
+                            learning_rate: opts.schedule.rate(opts.plan.learning_rate, round_id, opts.policy.rounds),
+                            ..opts.plan.clone()
+                        },
                         deadline_unix_ms: deadline_ms,
                     };
                     if let Some((_, tx)) = sessions.get(&store) {
@@ -251,6 +286,58 @@ pub async fn run_aggregator_with(
                         let _ = done.send(Inbound::FineTuned(round_id, version, result));
                     });
                 }
+                Action::Privatize {
+                    round_id,
+                    sum,
+                    clip_norm,
+                    within,
+                } => {
+                    let Some(privacy) = central.clone() else {
+                        let _ = inbound_tx.send(Inbound::Event(Event::PrivatizeFailed {
+                            round_id,
+                            reason: "central DP release without a ledger".into(),
+                            budget_spent: false,
+                        }));
+                        continue;
+                    };
+                    let done = inbound_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let event = match privacy.lock() {
+                            Err(_) => Event::PrivatizeFailed {
+                                round_id,
+                                reason: "the ledger's lock was poisoned".into(),
+                                budget_spent: false,
+                            },
+                            Ok(mut p) => match p.release(round_id, &sum, clip_norm, &within) {
+                                Ok(r) => {
+                                    tracing::info!(
+                                        round_id,
+                                        noise_multiplier = r.entry.release.noise_multiplier,
+                                        clip_norm,
+                                        next_clip_norm = r.next_clip_norm,
+                                        epsilon = r.entry.spent_after.claimed(),
+                                        "central DP release charged and noised"
+                                    );
+                                    Event::Privatized {
+                                        round_id,
+                                        delta: Arc::new(r.delta),
+                                        next_clip_norm: r.next_clip_norm,
+                                    }
+                                }
+                                Err(e) => Event::PrivatizeFailed {
+                                    round_id,
+                                    budget_spent: e.budget_spent(),
+                                    reason: e.to_string(),
+                                },
+                            },
+                        };
+                        let _ = done.send(Inbound::Event(event));
+                    });
+                }
+                Action::BudgetSpent => {
+                    tracing::warn!("the federation's privacy budget allows no further round");
+                    report.budget_spent = true;
+                }
                 Action::RoundFailed { round_id, reason } => {
                     tracing::warn!(round_id, %reason, "round failed");
                     report.failed_rounds.push((round_id, reason));
@@ -312,6 +399,11 @@ pub async fn run_aggregator_with(
     report.content_hash = snapshot.content_hash;
     report.params = snapshot.params.clone();
     report.rounds = state.rounds()?;
+    if let Some(p) = &central
+        && let Ok(p) = p.lock()
+    {
+        report.central_epsilon = Some(p.spent()?.claimed());
+    }
     Ok(report)
 }
 

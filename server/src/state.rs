@@ -143,6 +143,11 @@ impl AggregatorState {
         self.dir.join("models").join(format!("v{version:08}.bin"))
     }
 
+    /// The aggregator's own privacy ledger (central DP releases), beside the database.
+    pub fn ledger_path(&self) -> PathBuf {
+        self.dir.join("privacy-ledger.jsonl")
+    }
+
     pub fn committed(&self) -> Result<Option<Committed>, StateError> {
         let r = db!(self.db.begin_read())?;
         let t = db!(r.open_table(META))?;

@@ -25,8 +25,8 @@ use rand_chacha::ChaCha8Rng;
 
 pub use policy::RoundPolicy;
 
-use crate::aggregate::RoundAggregate;
 use crate::aggregate::optimizer::ServerOptimizer;
+use crate::aggregate::{AggregationRule, RoundAggregate};
 use crate::layout::ModelLayout;
 use crate::validate::{UpdateRules, validate};
 
@@ -47,6 +47,19 @@ pub enum Event {
     /// Time passed; `now_ms` is the driver's clock (Unix milliseconds).
     Tick {
         now_ms: u64,
+    },
+    /// The driver released round `round_id`'s clipped sum under central DP (charged to the
+    /// ledger, noised, averaged): `delta` is what the server optimiser applies.
+    Privatized {
+        round_id: u64,
+        delta: Arc<Vec<f32>>,
+        next_clip_norm: f64,
+    },
+    /// The release failed: nothing was published. `budget_spent` ends the federation.
+    PrivatizeFailed {
+        round_id: u64,
+        reason: String,
+        budget_spent: bool,
     },
     /// Server-side fine-tuning of `version` finished with these parameters (the aggregated
     /// ones again when fine-tuning failed or did not help).
@@ -89,10 +102,20 @@ pub enum Action {
         version: u64,
         params: Arc<Vec<f32>>,
     },
+    /// Central DP: charge the release to the ledger, then noise `sum` (updates clipped to
+    /// `clip_norm`, summed unweighted) and send `Event::Privatized`. No model exists before.
+    Privatize {
+        round_id: u64,
+        sum: Arc<Vec<f32>>,
+        clip_norm: f64,
+        within: Vec<bool>,
+    },
     RoundFailed {
         round_id: u64,
         reason: String,
     },
+    /// The federation's privacy budget allows no further round; `Finished` follows.
+    BudgetSpent,
     /// The configured number of rounds is done.
     Finished,
 }
@@ -102,12 +125,23 @@ struct OpenRound {
     participants: BTreeSet<StoreId>,
     reported: BTreeSet<StoreId>,
     aggregate: RoundAggregate,
+    /// Central DP: each accepted update's within-C bit, for adaptive clipping.
+    within: Vec<bool>,
     deadline_ms: u64,
+}
+
+/// Central DP's state in the coordinator: the bound updates are clipped to and how many more
+/// releases the budget allows (the driver computes both from its ledger).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CentralClipping {
+    pub clip_norm: f64,
+    pub rounds_allowed: u64,
 }
 
 enum Phase {
     Idle,
     Collecting(OpenRound),
+    Privatizing { round_id: u64, updates: usize },
     FineTuning { round_id: u64, version: u64, updates: usize },
     Finished,
 }
@@ -124,6 +158,7 @@ pub struct RoundCoordinator {
     phase: Phase,
     now_ms: u64,
     spill_dir: PathBuf,
+    central: Option<CentralClipping>,
 }
 
 impl RoundCoordinator {
@@ -149,7 +184,16 @@ impl RoundCoordinator {
             phase: Phase::Idle,
             now_ms: 0,
             spill_dir,
+            central: None,
         }
+    }
+
+    /// Runs every round under central DP: updates are clipped to `clip_norm` and summed, and
+    /// each round's sum goes out as `Action::Privatize`; after `rounds_allowed` releases the
+    /// federation stops.
+    pub fn with_central_dp(mut self, central: CentralClipping) -> Self {
+        self.central = Some(central);
+        self
     }
 
     pub fn version(&self) -> u64 {
@@ -176,6 +220,40 @@ impl RoundCoordinator {
             }
             Event::Update { store, upload } => self.on_update(store, upload, &mut out),
             Event::Tick { now_ms } => self.now_ms = self.now_ms.max(now_ms),
+            Event::Privatized {
+                round_id,
+                delta,
+                next_clip_norm,
+            } => {
+                if let Phase::Privatizing { round_id: r, updates } = self.phase
+                    && r == round_id
+                {
+                    if let Some(c) = &mut self.central
+                        && next_clip_norm.is_finite()
+                        && next_clip_norm > 0.0
+                    {
+                        c.clip_norm = next_clip_norm;
+                    }
+                    self.phase = Phase::Idle;
+                    self.apply(round_id, updates, &delta, &mut out);
+                }
+            }
+            Event::PrivatizeFailed {
+                round_id,
+                reason,
+                budget_spent,
+            } => {
+                if let Phase::Privatizing { round_id: r, .. } = self.phase
+                    && r == round_id
+                {
+                    self.phase = Phase::Idle;
+                    if let Some(c) = &mut self.central {
+                        // Nothing was charged unless the budget ran out: the release is owed back.
+                        c.rounds_allowed = if budget_spent { 0 } else { c.rounds_allowed + 1 };
+                    }
+                    out.push(Action::RoundFailed { round_id, reason });
+                }
+            }
             Event::FineTuned { version, params } => {
                 if let Phase::FineTuning {
                     round_id,
@@ -237,8 +315,22 @@ impl RoundCoordinator {
         };
         match validate(&upload, &self.layout, &rules) {
             Err(reason) => out.push(reject(reason)),
-            Ok(valid) => match round.aggregate.add(&valid.delta, valid.example_count) {
-                Err(e) => out.push(reject(RejectionReason::Malformed { detail: e.to_string() })),
+            Ok(mut valid) => match self
+                .central
+                .as_ref()
+                .map(|c| fedfuse_privacy::fedavg::clip_update(&mut valid.delta, c.clip_norm))
+                .transpose()
+                .map_err(|e| e.to_string())
+                .and_then(|clipped| {
+                    if let Some(c) = clipped {
+                        round.within.push(c.within);
+                    }
+                    round
+                        .aggregate
+                        .add(&valid.delta, valid.example_count)
+                        .map_err(|e| e.to_string())
+                }) {
+                Err(detail) => out.push(reject(RejectionReason::Malformed { detail })),
                 Ok(()) => {
                     round.reported.insert(store.clone());
                     out.push(Action::Accepted {
@@ -255,10 +347,16 @@ impl RoundCoordinator {
     fn progress(&mut self, out: &mut Vec<Action>) {
         loop {
             match &self.phase {
-                Phase::Finished | Phase::FineTuning { .. } => return,
+                Phase::Finished | Phase::FineTuning { .. } | Phase::Privatizing { .. } => return,
                 Phase::Idle => {
                     if self.policy.rounds > 0 && self.committed >= self.policy.rounds {
                         self.phase = Phase::Finished;
+                        out.push(Action::Finished);
+                        return;
+                    }
+                    if self.central.is_some_and(|c| c.rounds_allowed == 0) {
+                        self.phase = Phase::Finished;
+                        out.push(Action::BudgetSpent);
                         out.push(Action::Finished);
                         return;
                     }
@@ -313,7 +411,14 @@ impl RoundCoordinator {
             .clamp(self.policy.quorum.min(pool.len()), pool.len());
         pool.truncate(wanted);
         let deadline_ms = self.now_ms + self.policy.deadline_ms;
-        let aggregate = match RoundAggregate::new(self.policy.aggregation, self.layout.len(), &self.spill_dir) {
+        // Central DP sums the clipped updates unweighted; the driver divides after the noise.
+        let rule = match self.central {
+            Some(_) => AggregationRule::UniformMean {
+                expected_stores: Some(1.0),
+            },
+            None => self.policy.aggregation,
+        };
+        let aggregate = match RoundAggregate::new(rule, self.layout.len(), &self.spill_dir) {
             Ok(a) => a,
             Err(e) => {
                 out.push(Action::RoundFailed {
@@ -336,6 +441,7 @@ impl RoundCoordinator {
             participants: pool.into_iter().collect(),
             reported: BTreeSet::new(),
             aggregate,
+            within: Vec::new(),
             deadline_ms,
         });
     }
@@ -350,31 +456,50 @@ impl RoundCoordinator {
                 round_id: round.id,
                 reason: e.to_string(),
             }),
-            Ok(delta) => {
-                self.optimizer.step(&mut self.params, &delta);
-                self.version += 1;
-                let params = Arc::new(self.params.clone());
-                if self.policy.fine_tune {
-                    self.phase = Phase::FineTuning {
+            Ok(sum) => match &mut self.central {
+                Some(c) => {
+                    c.rounds_allowed = c.rounds_allowed.saturating_sub(1);
+                    self.phase = Phase::Privatizing {
                         round_id: round.id,
-                        version: self.version,
                         updates,
                     };
-                    out.push(Action::FineTune {
+                    out.push(Action::Privatize {
                         round_id: round.id,
-                        version: self.version,
-                        params,
-                    });
-                } else {
-                    self.committed += 1;
-                    out.push(Action::Commit {
-                        round_id: round.id,
-                        version: self.version,
-                        params,
-                        updates,
+                        sum: Arc::new(sum),
+                        clip_norm: c.clip_norm,
+                        within: round.within,
                     });
                 }
-            }
+                None => self.apply(round.id, updates, &sum, out),
+            },
+        }
+    }
+
+    /// Applies a round's aggregate through the server optimiser: a new version, fine-tuned
+    /// first when the policy says so, then committed.
+    fn apply(&mut self, round_id: u64, updates: usize, delta: &[f32], out: &mut Vec<Action>) {
+        self.optimizer.step(&mut self.params, delta);
+        self.version += 1;
+        let params = Arc::new(self.params.clone());
+        if self.policy.fine_tune {
+            self.phase = Phase::FineTuning {
+                round_id,
+                version: self.version,
+                updates,
+            };
+            out.push(Action::FineTune {
+                round_id,
+                version: self.version,
+                params,
+            });
+        } else {
+            self.committed += 1;
+            out.push(Action::Commit {
+                round_id,
+                version: self.version,
+                params,
+                updates,
+            });
         }
     }
 }

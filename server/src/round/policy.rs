@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::AggregationRule;
 use crate::aggregate::optimizer::ServerOptimizerConfig;
+use crate::central_dp::CentralDp;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -26,6 +27,9 @@ pub struct RoundPolicy {
     pub norm_bound: Option<f64>,
     /// Fine-tune each new global model on platform data before the next round.
     pub fine_tune: bool,
+    /// Store-level DP on every published model: updates clipped and summed unweighted, noise
+    /// added once by the aggregator (`aggregation` is then ignored).
+    pub central_dp: Option<CentralDp>,
 }
 
 impl Default for RoundPolicy {
@@ -41,6 +45,7 @@ impl Default for RoundPolicy {
             optimizer: ServerOptimizerConfig::default(),
             norm_bound: None,
             fine_tune: false,
+            central_dp: None,
         }
     }
 }

@@ -290,3 +290,119 @@ fn sampling_is_deterministic_for_a_seed() {
     let distinct: std::collections::BTreeSet<Vec<String>> = (0..12).map(sampled).collect();
     assert!(distinct.len() >= 2, "the seed never changes the sample");
 }
+
+fn privatize(actions: &[Action]) -> Option<(u64, Vec<f32>, f64, Vec<bool>)> {
+    actions.iter().find_map(|a| match a {
+        Action::Privatize {
+            round_id,
+            sum,
+            clip_norm,
+            within,
+        } => Some((*round_id, sum.as_ref().clone(), *clip_norm, within.clone())),
+        _ => None,
+    })
+}
+
+#[test]
+fn central_dp_clips_sums_and_publishes_only_what_the_driver_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = coordinator(policy(), &dir).with_central_dp(CentralClipping {
+        clip_norm: 1.0,
+        rounds_allowed: 2,
+    });
+    connect(&mut c, &["a", "b", "c"]);
+    send(&mut c, "a", update(1, 0, [3.0, 4.0])); // norm 5: scaled to 1
+    send(&mut c, "b", update(1, 0, [0.6, 0.0])); // within
+    let closed = send(&mut c, "c", update(1, 0, [0.0, 0.0]));
+    assert!(
+        !closed.iter().any(|a| matches!(a, Action::Commit { .. })),
+        "no model before the release"
+    );
+    let (round, sum, clip, within) = privatize(&closed).expect("the clipped sum goes to the driver");
+    assert_eq!((round, clip, within), (1, 1.0, vec![false, true, true]));
+    // Unweighted sum of the clipped updates: [0.6, 0.8] + [0.6, 0] + [0, 0].
+    assert!((sum[0] - 1.2).abs() < 1e-5 && (sum[1] - 0.8).abs() < 1e-5, "{sum:?}");
+    // Updates arriving meanwhile are for a closed round.
+    let late = send(&mut c, "a", update(1, 0, [0.0, 0.0]));
+    assert!(matches!(&late[0], Action::Rejected { .. }));
+    // The driver's noised average is what the optimiser applies; the next round uses the new C.
+    let next = c.handle(Event::Privatized {
+        round_id: 1,
+        delta: Arc::new(vec![0.5, -0.5]),
+        next_clip_norm: 2.0,
+    });
+    assert!(next.iter().any(|a| matches!(
+        a,
+        Action::Commit {
+            round_id: 1,
+            version: 1,
+            ..
+        }
+    )));
+    assert_eq!(c.params(), &[0.5, -0.5]);
+    assert_eq!(offers(&next).len(), 3);
+    for s in ["a", "b"] {
+        send(&mut c, s, update(2, 1, [3.0, 4.0]));
+    }
+    let (_, sum, clip, _) = privatize(&send(&mut c, "c", update(2, 1, [0.0, 0.0]))).unwrap();
+    assert_eq!(clip, 2.0);
+    assert!((sum[0] - 2.4).abs() < 1e-5, "{sum:?}");
+    // A failed release (the ledger could not be written) publishes nothing and is owed back.
+    let failed = c.handle(Event::PrivatizeFailed {
+        round_id: 2,
+        reason: "disk full".into(),
+        budget_spent: false,
+    });
+    assert!(failed.iter().any(|a| matches!(a, Action::RoundFailed { round_id: 2, .. })));
+    assert_eq!(c.params(), &[0.5, -0.5]);
+    let retry = offers(&failed);
+    assert_eq!(retry.len(), 3);
+    assert!(retry.iter().all(|(_, r, v)| *r == 3 && *v == 1), "{retry:?}");
+    for s in ["a", "b", "c"] {
+        send(&mut c, s, update(3, 1, [0.1, 0.1]));
+    }
+    // The second release uses up the allowance: after it the federation stops, whatever the
+    // configured rounds.
+    let last = c.handle(Event::Privatized {
+        round_id: 3,
+        delta: Arc::new(vec![0.0, 0.0]),
+        next_clip_norm: 2.0,
+    });
+    assert!(last.iter().any(|a| matches!(
+        a,
+        Action::Commit {
+            round_id: 3,
+            version: 2,
+            ..
+        }
+    )));
+    assert!(offers(&last).is_empty());
+    assert!(
+        last.contains(&Action::BudgetSpent) && last.contains(&Action::Finished),
+        "{last:?}"
+    );
+}
+
+#[test]
+fn a_release_refused_for_budget_ends_the_federation() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = coordinator(policy(), &dir).with_central_dp(CentralClipping {
+        clip_norm: 1.0,
+        rounds_allowed: 5,
+    });
+    connect(&mut c, &["a", "b", "c"]);
+    for s in ["a", "b", "c"] {
+        send(&mut c, s, update(1, 0, [0.1, 0.1]));
+    }
+    let out = c.handle(Event::PrivatizeFailed {
+        round_id: 1,
+        reason: "over budget".into(),
+        budget_spent: true,
+    });
+    assert!(
+        out.contains(&Action::BudgetSpent) && out.contains(&Action::Finished),
+        "{out:?}"
+    );
+    assert!(offers(&out).is_empty());
+    assert_eq!(c.version(), 0);
+}
