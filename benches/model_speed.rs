@@ -198,12 +198,13 @@ fn main() {
         .and_then(|v| v["opacus"].as_str().map(str::to_owned))
         .unwrap_or_else(|| "not run".into());
     let mut table = format!(
-        "## Model speed on the CPU against PyTorch\n\n`cargo bench --bench model_speed` on {}: MovieLens-100K, the fused model (dim {}, max_len {}, MLP head {}, {} parameters), batches of {BATCH} windows with 256 in-batch + 256 uniform candidates, {STEPS} timed steps after 5 warm-up; reference: `bench/torch_reference.sh` (torch {torch_version}, opacus {opacus_version}, same architecture, data and batches, 2 threads) in the same run. DP-SGD: one step on the same {BATCH} shoppers (one window each, 256 uniform candidates), clip 1, σ = 1; median of {DP_STEPS}.\n\n| measurement | fedfuse (burn flex) | PyTorch | fedfuse / PyTorch |\n|---|---|---|---|\n",
+        "## Model speed on the CPU against PyTorch\n\n`cargo bench --bench model_speed` on {}: MovieLens-100K, the fused model (dim {}, max_len {}, MLP head {}, {} parameters), batches of {BATCH} windows with 256 in-batch + 256 uniform candidates, {STEPS} timed steps after 5 warm-up; reference: `bench/torch_reference.sh` (torch {torch_version}, opacus {opacus_version}, same architecture, data and batches, 2 threads) in the same run. DP-SGD: one step on the same {BATCH} shoppers (one window each, 256 uniform candidates), clip 1, σ = 1; median of {DP_STEPS}; the DP step's noise for the next step is drawn on a thread of its own while the gradients compute (`NoisePrefetch`). {}\n\n| measurement | fedfuse (burn flex) | PyTorch | fedfuse / PyTorch |\n|---|---|---|---|\n",
         cpu_name(),
         shape.dim,
         shape.max_len,
         shape.head,
-        plain.num_params()
+        plain.num_params(),
+        malloc_note()
     );
     let tr = f(&torch, "train_examples_per_sec");
     table.push_str(&format!(
@@ -236,6 +237,24 @@ fn main() {
     println!("{table}");
     if !args.iter().any(|a| a == "--no-write") {
         benchmarks_md::write_section(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), "model-speed", &table);
+    }
+}
+
+/// glibc's allocator settings change burn's CPU speed by up to 2× (it otherwise maps and unmaps
+/// each step's large buffers afresh), so the table says which were in force, for both sides.
+fn malloc_note() -> String {
+    let vars = ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"];
+    let set: Vec<String> = vars
+        .iter()
+        .filter_map(|v| std::env::var(v).ok().map(|x| format!("{v}={x}")))
+        .collect();
+    if set.is_empty() {
+        "glibc malloc at its defaults.".into()
+    } else {
+        format!(
+            "Run with glibc malloc tuned (`{}`, as `bench/federation.sh` sets), for both sides.",
+            set.join(" ")
+        )
     }
 }
 

@@ -33,7 +33,7 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::{Int, TensorData};
-use fedfuse_privacy::noise::{GridGaussian, NoiseError};
+use fedfuse_privacy::noise::{GridGaussian, NoiseError, NoisePrefetch};
 use rand::{Rng, SeedableRng, TryRngCore};
 use rand_chacha::ChaCha20Rng;
 
@@ -499,6 +499,8 @@ fn register(grads: &mut GradientsParams, id: ParamId, shape: &[usize], values: V
 pub struct DpSgdStepper {
     ids: Vec<(String, ParamId, Vec<usize>)>,
     noise: GridGaussian,
+    /// The next step's noise for every parameter, drawn while this step's gradients compute.
+    prefetch: NoisePrefetch,
     clip_norm: f64,
     expected_batch: f64,
     learning_rate: f64,
@@ -523,9 +525,12 @@ impl DpSgdStepper {
         model.visit(&mut ids);
         let mut ids: Vec<(String, ParamId, Vec<usize>)> = ids.out.into_iter().map(|(p, (id, s))| (p, id, s)).collect();
         ids.sort_by(|a, b| a.0.cmp(&b.0));
+        let noise = GridGaussian::new(config.noise_multiplier * config.clip_norm, config.grid_exponent)?;
+        let params: usize = ids.iter().map(|(_, _, shape)| shape.iter().product::<usize>()).sum();
         Ok(Self {
             ids,
-            noise: GridGaussian::new(config.noise_multiplier * config.clip_norm, config.grid_exponent)?,
+            prefetch: NoisePrefetch::spawn(noise, params),
+            noise,
             clip_norm: config.clip_norm,
             expected_batch,
             learning_rate: config.learning_rate,
@@ -557,10 +562,16 @@ impl DpSgdStepper {
         }
         let mut grads = GradientsParams::new();
         let scale = 1.0 / self.expected_batch.max(1e-12) as f32;
+        let prefetched = self.prefetch.take();
+        let mut offset = 0;
         for (path, id, shape) in &self.ids {
             let numel: usize = shape.iter().product();
             let mut v = sums.remove(path).unwrap_or_else(|| vec![0.0; numel]);
-            self.noise.add(&mut v)?;
+            match &prefetched {
+                Some(noise) => self.noise.add_presampled(&mut v, &noise[offset..offset + numel])?,
+                None => self.noise.add(&mut v)?,
+            }
+            offset += numel;
             v.iter_mut().for_each(|x| *x *= scale);
             register(&mut grads, *id, shape, v, &self.device);
         }

@@ -25,6 +25,8 @@ pub enum NoiseError {
     BadScale(f64),
     #[error("grid exponent {k}: σ/2^k = {grid_sigma} must lie in [1, 2^32)")]
     BadGrid { k: i32, grid_sigma: f64 },
+    #[error("{values} values but {noise} presampled noise draws")]
+    BadPresampled { values: usize, noise: usize },
     #[error("value {value} at index {index} is not finite or too large for the grid")]
     BadValue { index: usize, value: f32 },
     #[error("the operating system's random source failed: {0}")]
@@ -235,6 +237,27 @@ impl GridGaussian {
         Ok(())
     }
 
+    /// Rounds each value to the grid and adds `noise`, exact discrete Gaussian samples in grid
+    /// units drawn for this call alone (by [`NoisePrefetch`]); lengths must match.
+    pub fn add_presampled(&self, values: &mut [f32], noise: &[i64]) -> Result<(), NoiseError> {
+        if values.len() != noise.len() {
+            return Err(NoiseError::BadPresampled {
+                values: values.len(),
+                noise: noise.len(),
+            });
+        }
+        let scale = 2f64.powi(-self.k);
+        let step = 2f64.powi(self.k);
+        for (index, (v, n)) in values.iter_mut().zip(noise).enumerate() {
+            let x = (f64::from(*v) * scale).round();
+            if !x.is_finite() || x.abs() >= 2f64.powi(62) {
+                return Err(NoiseError::BadValue { index, value: *v });
+            }
+            *v = ((x as i64 + n) as f64 * step) as f32;
+        }
+        Ok(())
+    }
+
     /// Noises `values` in place in parallel chunks, each with its own ChaCha20 seeded from
     /// the operating system. Fails (rather than falling back to anything weaker) if the OS
     /// cannot provide entropy.
@@ -269,6 +292,68 @@ impl GridGaussian {
                 .collect();
             handles.into_iter().try_for_each(|h| h.join().expect("noise worker panicked"))
         })
+    }
+}
+
+/// Noise drawn ahead on a thread of its own while the caller computes what it will noise.
+///
+/// The noise never depends on the data, so a DP-SGD step's noise can be drawn while its
+/// gradients are computed, taking the draw off the step's critical path. Each vector of `len`
+/// samples comes from a ChaCha20 freshly seeded from the operating system and is handed out
+/// once; at most two wait in memory. [`take`](Self::take) never blocks: when the next vector
+/// is not ready yet the caller noises directly with [`GridGaussian::add`], so prefetching can
+/// only save time. Dropping it ends the thread after its current draw.
+pub struct NoisePrefetch {
+    noise: GridGaussian,
+    len: usize,
+    ready: std::sync::mpsc::Receiver<Vec<i64>>,
+}
+
+impl NoisePrefetch {
+    pub fn spawn(noise: GridGaussian, len: usize) -> Self {
+        let (tx, ready) = std::sync::mpsc::sync_channel(1);
+        let grid = noise.grid;
+        std::thread::Builder::new()
+            .name("noise-prefetch".into())
+            .spawn(move || {
+                loop {
+                    let mut seed = [0u8; 32];
+                    // No entropy, no prefetched noise: `take` then returns None and the caller's
+                    // direct path reports the error.
+                    if rand::rngs::OsRng.try_fill_bytes(&mut seed).is_err() {
+                        return;
+                    }
+                    let mut rng = ChaCha20Rng::from_seed(seed);
+                    let draw: Vec<i64> = (0..len).map(|_| grid.sample(&mut rng)).collect();
+                    if tx.send(draw).is_err() {
+                        return;
+                    }
+                }
+            })
+            .ok();
+        Self { noise, len, ready }
+    }
+
+    pub fn noise(&self) -> &GridGaussian {
+        &self.noise
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The next prefetched vector, if it is ready.
+    pub fn take(&self) -> Option<Vec<i64>> {
+        self.ready.try_recv().ok()
+    }
+
+    /// Waits for the next vector (for tests and callers with nothing else to do).
+    pub fn wait(&self) -> Option<Vec<i64>> {
+        self.ready.recv().ok()
     }
 }
 
@@ -390,5 +475,32 @@ mod tests {
         let var = v.iter().map(|x| (f64::from(*x) - mean).powi(2)).sum::<f64>() / n;
         assert!((mean - 1.0).abs() < 0.01, "mean {mean}");
         assert!((var.sqrt() / 0.5 - 1.0).abs() < 0.02, "sd {}", var.sqrt());
+    }
+
+    #[test]
+    fn prefetched_noise_is_fresh_every_time_and_has_the_same_law() {
+        let g = GridGaussian::new(0.5, -16).unwrap();
+        let pre = NoisePrefetch::spawn(g, 200_000);
+        let a = pre.wait().unwrap();
+        let b = pre.wait().unwrap();
+        assert_eq!((a.len(), b.len()), (200_000, 200_000));
+        assert_ne!(a[..100], b[..100], "a vector was handed out twice");
+        let mut v = vec![1.0f32; 200_000];
+        g.add_presampled(&mut v, &a).unwrap();
+        let n = v.len() as f64;
+        let mean = v.iter().map(|x| f64::from(*x)).sum::<f64>() / n;
+        let var = v.iter().map(|x| (f64::from(*x) - mean).powi(2)).sum::<f64>() / n;
+        assert!((mean - 1.0).abs() < 0.01, "mean {mean}");
+        assert!((var.sqrt() / 0.5 - 1.0).abs() < 0.02, "sd {}", var.sqrt());
+        // Values stay on the grid.
+        assert!(v.iter().all(|x| (f64::from(*x) * 65536.0).fract() == 0.0));
+        assert!(matches!(
+            g.add_presampled(&mut [0.0; 3], &a[..2]),
+            Err(NoiseError::BadPresampled { values: 3, noise: 2 })
+        ));
+        assert!(matches!(
+            g.add_presampled(&mut [f32::NAN], &a[..1]),
+            Err(NoiseError::BadValue { index: 0, .. })
+        ));
     }
 }
