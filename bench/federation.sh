@@ -7,10 +7,12 @@
 #   bench/federation.sh --render             # the table from the reports already there
 #
 # Runs, each a JSON report under ${OUT:-$HOME/.cache/fedfuse/federation}/seed-S:
-#   fed_f32    quickstart, FedAvg, ${ROUNDS:-20} rounds, f32 updates
+#   fed_f32    quickstart, FedAvg, ${ROUNDS:-20} rounds, f32 updates, constant learning rate
+#   fed_f32_cos  the same with the aggregator's cosine learning-rate schedule over the rounds
 #   fed_f16    the same for ${ENC_ROUNDS:-10} rounds, f16 updates
 #   fed_int8   the same for ${ENC_ROUNDS:-10} rounds, int8 updates
 #   fed_dp8    user-level DP-SGD in every store, ε = 8 over the whole run, δ = 1e-4, ${ENC_ROUNDS:-10} rounds
+#   fed_central8  store-level DP-FedAvg, noise added once by the aggregator, ε = 8, δ = 1e-4
 #   fed_ft     f32 with 10% of shoppers held by the platform, which fine-tunes the fusion each round
 #   local      train_centralized --mode local-only: every store trains alone on its shoppers
 # The centralized reference is the fused row of the quality table (`cargo bench --bench quality`).
@@ -30,7 +32,7 @@ if [[ ! -f "$DATA/u.data" ]]; then
   echo "skipping: no MovieLens-100K at $DATA (GroupLens terms forbid shipping it)" >&2
   exit 0
 fi
-only="fed_f32,fed_f16,fed_int8,fed_dp8,fed_ft,local"
+only="fed_f32,fed_f32_cos,fed_f16,fed_int8,fed_dp8,fed_central8,fed_ft,local"
 case "${1:-}" in
   --only) only="$2" ;;
   --render) only="" ;;
@@ -50,11 +52,13 @@ DIR="$OUT/seed-$SEED"
 mkdir -p "$DIR"
 for run in ${only//,/ }; do
   case "$run" in
-    fed_f32) quickstart fed_f32 --rounds "$ROUNDS" --encoding f32 ;;
-    fed_f16) quickstart fed_f16 --rounds "$ENC_ROUNDS" --encoding f16 ;;
-    fed_int8) quickstart fed_int8 --rounds "$ENC_ROUNDS" --encoding int8 ;;
-    fed_dp8) quickstart fed_dp8 --rounds "$ENC_ROUNDS" --target-epsilon 8 --delta 1e-4 ;;
-    fed_ft) quickstart fed_ft --rounds "$ENC_ROUNDS" --platform-share 0.1 ;;
+    fed_f32) quickstart fed_f32 --rounds "$ROUNDS" --encoding f32 --lr-schedule constant ;;
+    fed_f32_cos) quickstart fed_f32_cos --rounds "$ROUNDS" --encoding f32 --lr-schedule cosine ;;
+    fed_f16) quickstart fed_f16 --rounds "$ENC_ROUNDS" --encoding f16 --lr-schedule constant ;;
+    fed_int8) quickstart fed_int8 --rounds "$ENC_ROUNDS" --encoding int8 --lr-schedule constant ;;
+    fed_dp8) quickstart fed_dp8 --rounds "$ENC_ROUNDS" --target-epsilon 8 --delta 1e-4 --lr-schedule constant ;;
+    fed_central8) quickstart fed_central8 --rounds "$ENC_ROUNDS" --store-level-epsilon 8 --delta 1e-4 ;;
+    fed_ft) quickstart fed_ft --rounds "$ENC_ROUNDS" --platform-share 0.1 --lr-schedule constant ;;
     local)
       echo "== local, seed $SEED" >&2
       cargo run --release --quiet --example train_centralized -- --data "movielens:$DATA" \
