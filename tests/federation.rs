@@ -30,16 +30,13 @@ struct TowardTarget {
     target: Vec<f32>,
     examples: u64,
     poison: bool,
+    /// (round, learning rate) of every offer trained on.
+    offered_rates: Arc<std::sync::Mutex<Vec<(u64, f32)>>>,
 }
 
 impl LocalTrainer for TowardTarget {
-    fn train(
-        &mut self,
-        _round: u64,
-        shapes: &[TensorShape],
-        params: &[f32],
-        _plan: &TrainingPlan,
-    ) -> Result<LocalUpdate, String> {
+    fn train(&mut self, round: u64, shapes: &[TensorShape], params: &[f32], plan: &TrainingPlan) -> Result<LocalUpdate, String> {
+        self.offered_rates.lock().unwrap().push((round, plan.learning_rate));
         assert_eq!(shapes, &[("w".to_string(), vec![PARAMS as u32])]);
         let mut delta: Vec<f32> = self.target.iter().zip(params).map(|(t, p)| t - p).collect();
         if self.poison {
@@ -69,6 +66,10 @@ fn caps() -> Capabilities {
 }
 
 fn options(policy: RoundPolicy) -> ServiceOptions {
+    options_with(policy, LearningRateSchedule::Constant)
+}
+
+fn options_with(policy: RoundPolicy, schedule: LearningRateSchedule) -> ServiceOptions {
     ServiceOptions {
         policy,
         plan: TrainingPlan {
@@ -79,7 +80,7 @@ fn options(policy: RoundPolicy) -> ServiceOptions {
             update_encoding: UpdateEncoding::Dense(ValueEncoding::F32),
             dp: None,
         },
-        schedule: LearningRateSchedule::Constant,
+        schedule,
         capabilities: caps(),
         chunk_bytes: 1 << 20,
         tick: Duration::from_millis(50),
@@ -156,6 +157,7 @@ impl Federation {
                 target: target(target_value),
                 examples,
                 poison,
+                offered_rates: Default::default(),
             },
         ))
     }
@@ -418,6 +420,7 @@ async fn stores_reconnect_with_backoff_after_the_aggregator_is_lost_and_finish()
                     target: target(t),
                     examples: 1,
                     poison: false,
+                    offered_rates: Default::default(),
                 });
                 let backoff = fedfuse_client::Backoff {
                     initial: Duration::from_millis(100),
@@ -494,6 +497,7 @@ async fn a_restarted_aggregator_continues_at_the_next_round_from_the_same_model(
                         target: target(t),
                         examples: 1,
                         poison: false,
+                        offered_rates: Default::default(),
                     },
                 ))
             })
@@ -648,6 +652,7 @@ mod private {
                     target: target(3.0),
                     examples: 1,
                     poison: false,
+                    offered_rates: Default::default(),
                 };
                 run_private_session(&conn, &mut trainer, &opts, Some(&mut guard))
                     .await
@@ -755,5 +760,61 @@ async fn central_dp_charges_the_aggregators_ledger_before_each_model_and_stops_a
     assert!(report.params.iter().any(|p| (p - 0.2).abs() > 1e-3), "{:?}", report.params);
     for s in stores {
         assert_eq!(s.await.unwrap().accepted.len() as u64, allowed);
+    }
+}
+
+/// The learning rate each offer carries follows the aggregator's schedule, round by round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_carry_the_scheduled_learning_rate() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let platform = pki::init(dir.path(), &InitOptions::default()).unwrap();
+    let (identity, trust) = platform.aggregator_tls().unwrap();
+    let endpoint = Arc::new(
+        AggregatorEndpoint::bind(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            identity,
+            &trust,
+            TransportTuning::default(),
+        )
+        .unwrap(),
+    );
+    let addr = endpoint.local_addr().unwrap();
+    let schedule = LearningRateSchedule::Cosine {
+        min_learning_rate: 0.001,
+    };
+    let opts = options_with(policy(2, 2, 4), schedule);
+    let (_stop, stopped) = watch::channel(false);
+    let aggregator = AggregatorState::open(state.path()).unwrap();
+    let service = tokio::spawn(async move {
+        run_aggregator(endpoint, aggregator, Some((layout(), vec![0.0; PARAMS])), opts, stopped)
+            .await
+            .unwrap()
+    });
+    let rates: Vec<Arc<std::sync::Mutex<Vec<(u64, f32)>>>> = (0..2).map(|_| Default::default()).collect();
+    let stores: Vec<_> = ["a", "b"]
+        .iter()
+        .zip(&rates)
+        .map(|(name, r)| {
+            tokio::spawn(store(
+                platform.issue_store(name, 1).unwrap(),
+                addr,
+                TowardTarget {
+                    target: target(1.0),
+                    examples: 1,
+                    poison: false,
+                    offered_rates: r.clone(),
+                },
+            ))
+        })
+        .collect();
+    tokio::time::timeout(Duration::from_secs(60), service).await.unwrap().unwrap();
+    futures_join(stores).await;
+    // options() offers 0.01; cosine over 4 rounds towards 0.001.
+    let want: Vec<(u64, f32)> = (1..=4).map(|r| (r, schedule.rate(0.01, r, 4))).collect();
+    assert_eq!(want[0].1, 0.01);
+    assert!(want.windows(2).all(|w| w[1].1 < w[0].1));
+    for r in &rates {
+        assert_eq!(*r.lock().unwrap(), want);
     }
 }
