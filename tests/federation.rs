@@ -31,8 +31,10 @@ struct TowardTarget {
     examples: u64,
     poison: bool,
     /// (round, learning rate) of every offer trained on.
-    offered_rates: Arc<std::sync::Mutex<Vec<(u64, f32)>>>,
+    offered_rates: OfferedRates,
 }
+
+type OfferedRates = Arc<std::sync::Mutex<Vec<(u64, f32)>>>;
 
 impl LocalTrainer for TowardTarget {
     fn train(&mut self, round: u64, shapes: &[TensorShape], params: &[f32], plan: &TrainingPlan) -> Result<LocalUpdate, String> {
@@ -791,7 +793,7 @@ async fn offers_carry_the_scheduled_learning_rate() {
             .await
             .unwrap()
     });
-    let rates: Vec<Arc<std::sync::Mutex<Vec<(u64, f32)>>>> = (0..2).map(|_| Default::default()).collect();
+    let rates: Vec<OfferedRates> = (0..2).map(|_| Default::default()).collect();
     let stores: Vec<_> = ["a", "b"]
         .iter()
         .zip(&rates)
