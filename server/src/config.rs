@@ -265,7 +265,8 @@ fine_tune = {fine_tune}
 
 # Store-level DP on every published model (client-level DP-FedAvg, Andrew et al. 2021): each
 # update is clipped to clip_norm, the sum gets exact discrete Gaussian noise of std
-# noise_multiplier × clip_norm once, here, and is divided by the fixed expected_stores. Every
+# noise_multiplier × clip_norm once, here, and is divided by the fixed expected_stores
+# (`aggregation` above is then not used: DP needs every store to weigh the same). Every
 # round is charged to <state dir>/privacy-ledger.jsonl (fsynced) before its model exists, at
 # q = 1 (no amplification by sampling is claimed); when the next round would bring ε above
 # epsilon_max at delta, the federation stops. `adaptive` makes clip_norm follow a quantile of
