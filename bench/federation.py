@@ -99,7 +99,7 @@ def main():
     labels = {
         "fed_f32": "federated, f32 updates",
         "fed_f32_cos": "federated, f32 updates, learning rate cosine over the rounds",
-        "fed_central8": "federated, store-level DP-FedAvg ε = 8, δ = 1e-4 (noise once, by the aggregator)",
+        "fed_central8": "federated, store-level DP-FedAvg ε = 8, δ = 1e-4 (noise once, by the aggregator), learning rate cosine",
         "fed_f16": "federated, f16 updates",
         "fed_int8": "federated, int8 updates",
         "fed_dp8": "federated, user-level DP-SGD ε = 8, δ = 1e-4",

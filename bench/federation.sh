@@ -57,7 +57,7 @@ for run in ${only//,/ }; do
     fed_f16) quickstart fed_f16 --rounds "$ENC_ROUNDS" --encoding f16 --lr-schedule constant ;;
     fed_int8) quickstart fed_int8 --rounds "$ENC_ROUNDS" --encoding int8 --lr-schedule constant ;;
     fed_dp8) quickstart fed_dp8 --rounds "$ENC_ROUNDS" --target-epsilon 8 --delta 1e-4 --lr-schedule constant ;;
-    fed_central8) quickstart fed_central8 --rounds "$ENC_ROUNDS" --store-level-epsilon 8 --delta 1e-4 ;;
+    fed_central8) quickstart fed_central8 --rounds "$ENC_ROUNDS" --store-level-epsilon 8 --delta 1e-4 --lr-schedule cosine ;;
     fed_ft) quickstart fed_ft --rounds "$ENC_ROUNDS" --platform-share 0.1 --lr-schedule constant ;;
     local)
       echo "== local, seed $SEED" >&2

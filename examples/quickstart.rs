@@ -75,10 +75,10 @@ struct Cli {
     /// Local learning rate (AdamW).
     #[arg(long, default_value_t = 1e-3)]
     lr: f32,
-    /// How the aggregator sets the local learning rate round by round: `cosine` decays it from
-    /// --lr in round 1 towards --lr × --min-lr-fraction after the last round (what a
-    /// centralized trainer's schedule does over its epochs); `constant` keeps --lr.
-    #[arg(long, default_value = "cosine", value_parser = ["cosine", "constant"])]
+    /// How the aggregator sets the local learning rate round by round: `constant` keeps --lr;
+    /// `cosine` decays it from --lr in round 1 towards --lr × --min-lr-fraction after the last
+    /// round (on MovieLens-100K it measured no better than constant: BENCHMARKS.md).
+    #[arg(long, default_value = "constant", value_parser = ["cosine", "constant"])]
     lr_schedule: String,
     #[arg(long, default_value_t = 0.05)]
     min_lr_fraction: f32,

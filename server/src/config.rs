@@ -83,7 +83,7 @@ impl Default for PlanSection {
             batch_size: 32,
             encoding: "f32".into(),
             proximal_mu: 0.0,
-            learning_rate_schedule: "cosine".into(),
+            learning_rate_schedule: "constant".into(),
             min_learning_rate: 1e-4,
         }
     }
@@ -425,7 +425,7 @@ mod tests {
         config.plan.encoding = "int8".into();
         config.model.dim = 32;
         config.platform.hold_out = 0.25;
-        config.plan.learning_rate_schedule = "constant".into();
+        config.plan.learning_rate_schedule = "cosine".into();
         config.round.central_dp = Some(crate::central_dp::CentralDp {
             noise_multiplier: 1.25,
             clip_norm: 0.5,
