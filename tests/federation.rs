@@ -111,7 +111,7 @@ struct Federation {
 fn start(
     platform_dir: &tempfile::TempDir,
     state_dir: &std::path::Path,
-    policy: RoundPolicy,
+    opts: ServiceOptions,
 ) -> (SocketAddr, watch::Sender<bool>, JoinHandle<ServiceReport>) {
     let platform = PlatformDir::open(platform_dir.path()).unwrap();
     let (identity, trust) = platform.aggregator_tls().unwrap();
@@ -128,7 +128,7 @@ fn start(
     let state = AggregatorState::open(state_dir).unwrap();
     let (stop, stopped) = watch::channel(false);
     let service = tokio::spawn(async move {
-        run_aggregator(endpoint, state, Some((layout(), vec![0.0; PARAMS])), options(policy), stopped)
+        run_aggregator(endpoint, state, Some((layout(), vec![0.0; PARAMS])), opts, stopped)
             .await
             .unwrap()
     });
@@ -136,9 +136,13 @@ fn start(
 }
 
 fn federation(state_dir: &std::path::Path, policy: RoundPolicy) -> Federation {
+    federation_with(state_dir, options(policy))
+}
+
+fn federation_with(state_dir: &std::path::Path, opts: ServiceOptions) -> Federation {
     let dir = tempfile::tempdir().unwrap();
     let platform = pki::init(dir.path(), &InitOptions::default()).unwrap();
-    let (addr, stop, service) = start(&dir, state_dir, policy);
+    let (addr, stop, service) = start(&dir, state_dir, opts);
     Federation {
         _pki: dir,
         platform,
@@ -515,7 +519,7 @@ async fn a_restarted_aggregator_continues_at_the_next_round_from_the_same_model(
     drop(f.stop);
 
     // The aggregator process is gone; a new one opens the same state directory.
-    let (addr, _stop, service) = start(&f._pki, state.path(), policy(2, 2, 1));
+    let (addr, _stop, service) = start(&f._pki, state.path(), options(policy(2, 2, 1)));
     let second = run(addr);
     let after = tokio::time::timeout(Duration::from_secs(60), service).await.unwrap().unwrap();
     for r in futures_join(second).await {
@@ -769,38 +773,18 @@ async fn central_dp_charges_the_aggregators_ledger_before_each_model_and_stops_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offers_carry_the_scheduled_learning_rate() {
     let state = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let platform = pki::init(dir.path(), &InitOptions::default()).unwrap();
-    let (identity, trust) = platform.aggregator_tls().unwrap();
-    let endpoint = Arc::new(
-        AggregatorEndpoint::bind(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            identity,
-            &trust,
-            TransportTuning::default(),
-        )
-        .unwrap(),
-    );
-    let addr = endpoint.local_addr().unwrap();
     let schedule = LearningRateSchedule::Cosine {
         min_learning_rate: 0.001,
     };
-    let opts = options_with(policy(2, 2, 4), schedule);
-    let (_stop, stopped) = watch::channel(false);
-    let aggregator = AggregatorState::open(state.path()).unwrap();
-    let service = tokio::spawn(async move {
-        run_aggregator(endpoint, aggregator, Some((layout(), vec![0.0; PARAMS])), opts, stopped)
-            .await
-            .unwrap()
-    });
+    let f = federation_with(state.path(), options_with(policy(2, 2, 4), schedule));
     let rates: Vec<OfferedRates> = (0..2).map(|_| Default::default()).collect();
     let stores: Vec<_> = ["a", "b"]
         .iter()
         .zip(&rates)
         .map(|(name, r)| {
             tokio::spawn(store(
-                platform.issue_store(name, 1).unwrap(),
-                addr,
+                f.platform.issue_store(name, 1).unwrap(),
+                f.addr,
                 TowardTarget {
                     target: target(1.0),
                     examples: 1,
@@ -810,7 +794,10 @@ async fn offers_carry_the_scheduled_learning_rate() {
             ))
         })
         .collect();
-    tokio::time::timeout(Duration::from_secs(60), service).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(60), f.service)
+        .await
+        .unwrap()
+        .unwrap();
     futures_join(stores).await;
     // options() offers 0.01; cosine over 4 rounds towards 0.001.
     let want: Vec<(u64, f32)> = (1..=4).map(|r| (r, schedule.rate(0.01, r, 4))).collect();
