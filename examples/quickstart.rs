@@ -35,7 +35,7 @@ use fedfuse_model::sequence::EncoderKind;
 use fedfuse_model::train::TrainConfig;
 use fedfuse_model::window::CandidateConfig;
 use fedfuse_privacy::Budget;
-use fedfuse_privacy::noise::{DEFAULT_GRID_EXPONENT, GridGaussian};
+use fedfuse_privacy::noise::{DEFAULT_GRID_EXPONENT, grid_inflation};
 use fedfuse_privacy::plan::{Accountant, noise_multiplier_for};
 use fedfuse_protocol::msgs::{Capabilities, LocalWork, TrainingPlan};
 use fedfuse_protocol::tensor::{UpdateEncoding, ValueEncoding};
@@ -410,9 +410,7 @@ fn main() -> anyhow::Result<()> {
                 let steps = cli.rounds * (f64::from(cli.local_epochs) / q).ceil() as u64;
                 let sigma =
                     noise_multiplier_for(epsilon * 0.99, cli.delta, q, steps, Accountant::Pld).map_err(anyhow::Error::msg)?;
-                let inflate = GridGaussian::new(sigma * cli.clip_norm, DEFAULT_GRID_EXPONENT)?
-                    .effective_sensitivity(cli.clip_norm, dims)
-                    / cli.clip_norm;
+                let inflate = grid_inflation(cli.clip_norm, dims, DEFAULT_GRID_EXPONENT);
                 let policy = StorePrivacyPolicy {
                     budget: Budget {
                         epsilon_max: epsilon,

@@ -306,7 +306,7 @@ pub fn plan_dp_sgd(plan: &DpPlan, shoppers: usize, dims: usize, max_len: usize) 
     let sigma =
         noise_multiplier_for(plan.target_epsilon, plan.delta, q, steps as u64, Accountant::Pld).map_err(|e| e.to_string())?;
     let grid = fedfuse_privacy::noise::DEFAULT_GRID_EXPONENT;
-    let inflate = (plan.clip_norm + (dims as f64).sqrt() * 2f64.powi(grid)) / plan.clip_norm;
+    let inflate = fedfuse_privacy::noise::grid_inflation(plan.clip_norm, dims, grid);
     let config = DpSgdConfig {
         sampling_rate: q,
         noise_multiplier: sigma * inflate,

@@ -186,6 +186,13 @@ pub struct GridGaussian {
     grid: DiscreteGaussian,
 }
 
+/// How much rounding `dims` coordinates to the grid 2^k raises an L2 sensitivity: multiply a
+/// noise multiplier by this before drawing, and the multiplier charged over the rounded
+/// sensitivity is still the one asked for.
+pub fn grid_inflation(l2_sensitivity: f64, dims: usize, k: i32) -> f64 {
+    (l2_sensitivity + (dims as f64).sqrt() * 2f64.powi(k)) / l2_sensitivity
+}
+
 /// A grid fine enough that rounding costs little sensitivity, coarse enough for 64-bit sums.
 pub const DEFAULT_GRID_EXPONENT: i32 = -20;
 
@@ -208,7 +215,7 @@ impl GridGaussian {
     /// The L2 sensitivity after rounding `dims` coordinates to the grid: each coordinate moves
     /// by at most half a grid step, so two rounded vectors are at most √d·2^k further apart.
     pub fn effective_sensitivity(&self, l2_sensitivity: f64, dims: usize) -> f64 {
-        l2_sensitivity + (dims as f64).sqrt() * 2f64.powi(self.k)
+        l2_sensitivity * grid_inflation(l2_sensitivity, dims, self.k)
     }
 
     /// The noise multiplier to charge: the σ asked for over the effective sensitivity.

@@ -18,7 +18,7 @@ use std::path::Path;
 
 use fedfuse_privacy::fedavg::{AdaptiveClip, update_noise_multiplier};
 use fedfuse_privacy::ledger::{Mechanism, NoiseMode, PrivacyUnit};
-use fedfuse_privacy::noise::{DEFAULT_GRID_EXPONENT, GridGaussian, NoiseError};
+use fedfuse_privacy::noise::{DEFAULT_GRID_EXPONENT, GridGaussian, NoiseError, grid_inflation};
 use fedfuse_privacy::{Budget, DpEvent, LedgerEntry, LedgerError, PrivacyLedger, Release, Spend};
 use serde::{Deserialize, Serialize};
 
@@ -186,9 +186,6 @@ impl CentralPrivacy {
             .map(|e| e.event.clone())
             .collect();
         let fits = |k: u64| -> Result<bool, CentralDpError> {
-            if k == 0 {
-                return Ok(true);
-            }
             let mut events = past.clone();
             events.push(DpEvent::dp_sgd(self.config.noise_multiplier, 1.0, k));
             let spend = Spend::of(&events, self.config.delta).map_err(LedgerError::from)?;
@@ -222,8 +219,7 @@ impl CentralPrivacy {
         };
         // The grid rounding moves the sensitivity a little above C: scale the noise with it so
         // the effective multiplier is at least z_update.
-        let probe = GridGaussian::new(z_update * clip_norm, c.grid_exponent)?;
-        let inflate = probe.effective_sensitivity(clip_norm, self.dims) / clip_norm;
+        let inflate = grid_inflation(clip_norm, self.dims, c.grid_exponent);
         let noise = GridGaussian::new(z_update * clip_norm * inflate, c.grid_exponent)?;
         let z_update_effective = noise.noise_multiplier(clip_norm, self.dims);
         let z_effective = match &c.adaptive {
