@@ -130,6 +130,11 @@ struct Cli {
     /// Start each round with fresh AdamW moments (by default a store keeps its own).
     #[arg(long)]
     forget_optimizer: bool,
+    /// Which model the run serves and reports as `final`: `best-validated`, the version the
+    /// stores' own validation shoppers ranked best (federated early stopping; DP stores report
+    /// no validation, so there it is the last), or `last`, the last committed model.
+    #[arg(long, default_value = "best-validated", value_parser = ["best-validated", "last"])]
+    serve: String,
     /// Write the per-round and final numbers as JSON here.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -482,11 +487,21 @@ fn main() -> anyhow::Result<()> {
             })
             .collect()
     };
+    // The stores' pooled validation of each version, measured in the round it was offered in.
+    let validated: std::collections::HashMap<u64, f64> = service_report
+        .rounds
+        .iter()
+        .filter_map(|r| {
+            let get = |k: &str| r.metrics.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+            Some((get("federated_validation_version")? as u64, get("federated_validation_hr10")?))
+        })
+        .collect();
     println!(
-        "\n{:>5} {:>7} {:>10} {:>9} {:>9} {:>12} {:>8}",
-        "round", "stores", "train loss", "HR@10", "NDCG@10", "HR@10 (99)", "max ε"
+        "\n{:>5} {:>7} {:>10} {:>9} {:>9} {:>12} {:>8} {:>9}",
+        "round", "stores", "train loss", "HR@10", "NDCG@10", "HR@10 (99)", "max ε", "val HR@10"
     );
     let mut rounds = Vec::new();
+    let mut evaluations = std::collections::HashMap::new();
     let mut last = None;
     for r in &service_report.rounds {
         let snapshot = state.load(&Committed {
@@ -518,25 +533,56 @@ fn main() -> anyhow::Result<()> {
             .iter()
             .filter_map(|l| l.epsilon)
             .fold(None, |m: Option<f64>, e| Some(m.map_or(e, |m| m.max(e))));
+        let val = validated.get(&r.version).copied();
         println!(
-            "{:>5} {:>7} {:>10} {:>9.4} {:>9.4} {:>12.4} {:>8}",
+            "{:>5} {:>7} {:>10} {:>9.4} {:>9.4} {:>12.4} {:>8} {:>9}",
             r.round_id,
             r.updates,
             loss.map_or("-".into(), |l| format!("{l:.4}")),
             e.full.overall.mean.hit_rate,
             e.full.overall.mean.ndcg,
             e.sampled.overall.mean.hit_rate,
-            eps.map_or("-".into(), |e| format!("{e:.3}"))
+            eps.map_or("-".into(), |e| format!("{e:.3}")),
+            val.map_or("-".into(), |v| format!("{v:.4}"))
         );
         rounds.push(
             json!({"round": r.round_id, "stores": r.updates, "train_loss": loss, "max_epsilon": eps,
             "hr10_full": e.full.overall.mean.hit_rate, "ndcg10_full": e.full.overall.mean.ndcg,
             "hr10_sampled": e.sampled.overall.mean.hit_rate, "ndcg10_sampled": e.sampled.overall.mean.ndcg,
+            "version": r.version, "federated_validation_hr10": val,
             "metrics": r.metrics.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>()}),
         );
-        last = Some(e);
+        last = Some((r.version, r.round_id));
+        evaluations.insert(r.version, e);
     }
-    let e = last.context("no model was committed")?;
+    let (last_version, last_round) = last.context("no model was committed")?;
+    // Selection looks at validation only; the test numbers of every version are printed above
+    // for the reader, never consulted.
+    let (served_version, served_why) = match (&service_report.best_validated, cli.serve.as_str()) {
+        (Some(b), "best-validated") => (
+            b.version,
+            format!(
+                "best federated validation HR@10 {:.4} ({} shoppers of {} stores, measured in round {})",
+                b.hr10, b.shoppers, b.stores, b.round_id
+            ),
+        ),
+        (None, "best-validated") => (
+            last_version,
+            format!("the last (round {last_round}): no store reported validation"),
+        ),
+        _ => (last_version, format!("the last (round {last_round})")),
+    };
+    let last_e = evaluations
+        .get(&last_version)
+        .context("the last model was evaluated")?
+        .clone();
+    let e = evaluations
+        .remove(&served_version)
+        .context("the served model was evaluated")?;
+    println!(
+        "served model: version {served_version}, {served_why}: HR@10 {:.4}, NDCG@10 {:.4} (last model: {:.4}, {:.4})",
+        e.full.overall.mean.hit_rate, e.full.overall.mean.ndcg, last_e.full.overall.mean.hit_rate, last_e.full.overall.mean.ndcg
+    );
     let store_name = |s: &u16| dataset.stores.get(*s as usize).cloned().unwrap_or_default();
     let worst = e
         .full
@@ -600,7 +646,13 @@ fn main() -> anyhow::Result<()> {
             "rounds": rounds,
             "fine_tuning": service_report.fine_tuning.iter().map(|(r, m)| json!({"round": r,
                 "metrics": m.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>()})).collect::<Vec<_>>(),
+            "last": {
+                "version": last_version, "round": last_round,
+                "hr10_full": last_e.full.overall.mean.hit_rate, "ndcg10_full": last_e.full.overall.mean.ndcg,
+                "hr10_sampled": last_e.sampled.overall.mean.hit_rate, "ndcg10_sampled": last_e.sampled.overall.mean.ndcg,
+            },
             "final": {
+                "version": served_version, "served": served_why,
                 "hr10_full": e.full.overall.mean.hit_rate, "ndcg10_full": e.full.overall.mean.ndcg,
                 "hr10_sampled": e.sampled.overall.mean.hit_rate, "ndcg10_sampled": e.sampled.overall.mean.ndcg,
                 "hr10_full_distinct_timestamps": e.full.distinct_timestamps.mean.hit_rate,

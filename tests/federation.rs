@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use fedfuse_client::{AgentOptions, AgentReport, LocalTrainer, LocalUpdate, TensorShape, run_session};
 use fedfuse_protocol::Message;
-use fedfuse_protocol::msgs::{Capabilities, Hello, LocalWork, RejectionReason, TrainingPlan, UpdateUpload};
+use fedfuse_protocol::msgs::{
+    Capabilities, Hello, LocalWork, Metric, RejectionReason, TrainingPlan, UpdateUpload, validation_metric,
+};
 use fedfuse_protocol::tensor::{NamedTensor, UpdateEncoding, ValueEncoding};
 use fedfuse_server::aggregate::AggregationRule;
 use fedfuse_server::layout::{ModelLayout, TensorSpec};
@@ -32,7 +34,12 @@ struct TowardTarget {
     poison: bool,
     /// (round, learning rate) of every offer trained on.
     offered_rates: OfferedRates,
+    /// What the store's validation shoppers make of the offered parameters: (HR@10, NDCG@10,
+    /// shoppers), reported with the update.
+    validation: Option<Validation>,
 }
+
+type Validation = fn(&[f32]) -> (f64, f64, f64);
 
 type OfferedRates = Arc<std::sync::Mutex<Vec<(u64, f32)>>>;
 
@@ -44,10 +51,23 @@ impl LocalTrainer for TowardTarget {
         if self.poison {
             delta[1] = f32::NAN;
         }
+        let metrics = self.validation.map_or_else(Vec::new, |v| {
+            let (hr, ndcg, shoppers) = v(params);
+            [
+                (validation_metric::HR10, hr),
+                (validation_metric::NDCG10, ndcg),
+                (validation_metric::SHOPPERS, shoppers),
+            ]
+            .map(|(name, value)| Metric {
+                name: name.into(),
+                value,
+            })
+            .to_vec()
+        });
         Ok(LocalUpdate {
             delta,
             example_count: self.examples,
-            metrics: vec![],
+            metrics,
             privacy_spend: None,
         })
     }
@@ -164,6 +184,7 @@ impl Federation {
                 examples,
                 poison,
                 offered_rates: Default::default(),
+                validation: None,
             },
         ))
     }
@@ -427,6 +448,7 @@ async fn stores_reconnect_with_backoff_after_the_aggregator_is_lost_and_finish()
                     examples: 1,
                     poison: false,
                     offered_rates: Default::default(),
+                    validation: None,
                 });
                 let backoff = fedfuse_client::Backoff {
                     initial: Duration::from_millis(100),
@@ -504,6 +526,7 @@ async fn a_restarted_aggregator_continues_at_the_next_round_from_the_same_model(
                         examples: 1,
                         poison: false,
                         offered_rates: Default::default(),
+                        validation: None,
                     },
                 ))
             })
@@ -659,6 +682,7 @@ mod private {
                     examples: 1,
                     poison: false,
                     offered_rates: Default::default(),
+                    validation: None,
                 };
                 run_private_session(&conn, &mut trainer, &opts, Some(&mut guard))
                     .await
@@ -790,6 +814,7 @@ async fn offers_carry_the_scheduled_learning_rate() {
                     examples: 1,
                     poison: false,
                     offered_rates: r.clone(),
+                    validation: None,
                 },
             ))
         })
@@ -806,4 +831,67 @@ async fn offers_carry_the_scheduled_learning_rate() {
     for r in &rates {
         assert_eq!(*r.lock().unwrap(), want);
     }
+}
+
+/// The aggregator pools the stores' validation of each offered version, shopper-weighted,
+/// from accepted updates only, and remembers the best version as the one to serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_best_version_by_pooled_store_validation_is_the_one_served() {
+    let state = tempfile::tempdir().unwrap();
+    // The poisoned store's update is rejected each round, so rounds close at the deadline.
+    let f = federation(
+        state.path(),
+        RoundPolicy {
+            deadline_ms: 2_000,
+            ..policy(3, 2, 2)
+        },
+    );
+    let spawn = |name: &str, target_value: f32, poison: bool, validation: Validation| {
+        tokio::spawn(store(
+            f.platform.issue_store(name, 1).unwrap(),
+            f.addr,
+            TowardTarget {
+                target: target(target_value),
+                examples: 1,
+                poison,
+                offered_rates: Default::default(),
+                validation: Some(validation),
+            },
+        ))
+    };
+    // Store a likes parameters near 2 (10 shoppers), b is indifferent (0.5 of 30 shoppers),
+    // and the poisoned store claims a perfect score for 1000 shoppers: counted, it would win.
+    let stores = vec![
+        spawn("a", 1.0, false, |p| (1.0 / (1.0 + f64::from(p[0] - 2.0).powi(2)), 0.1, 10.0)),
+        spawn("b", 5.0, false, |_| (0.5, 0.2, 30.0)),
+        spawn("liar", 9.0, true, |_| (1.0, 1.0, 1000.0)),
+    ];
+    let report = tokio::time::timeout(Duration::from_secs(60), f.service)
+        .await
+        .unwrap()
+        .unwrap();
+    futures_join(stores).await;
+    // Version 0 (all zeros) was validated in round 1: (0.2·10 + 0.5·30) / 40 = 0.425;
+    // version 1 (the mean of 1 and 5, all 3s) in round 2: (0.5·10 + 0.5·30) / 40 = 0.5.
+    // Version 2 (3s again) was never offered, so never validated.
+    assert_close(&report.params, 3.0);
+    let best = report.best_validated.clone().expect("stores reported validation");
+    assert_eq!((best.version, best.round_id, best.shoppers, best.stores), (1, 2, 40, 2));
+    assert!(
+        (best.hr10 - 0.5).abs() < 1e-12 && (best.ndcg10 - 0.175).abs() < 1e-12,
+        "{best:?}"
+    );
+    let hr_of_round = |round: u64| {
+        let r = report.rounds.iter().find(|r| r.round_id == round).unwrap();
+        r.metrics
+            .iter()
+            .find(|(n, _)| n == "federated_validation_hr10")
+            .map(|(_, v)| *v)
+    };
+    assert!((hr_of_round(1).unwrap() - 0.425).abs() < 1e-12);
+    assert_eq!(hr_of_round(2), Some(0.5));
+    // What is served after a restart: the validated blob, checked against its hash.
+    let reopened = AggregatorState::open(state.path()).unwrap();
+    let served = reopened.load_validated(&reopened.best_validated().unwrap().unwrap()).unwrap();
+    assert_eq!((served.version, served.params), (1, vec![3.0; PARAMS]));
 }

@@ -24,7 +24,7 @@ use fedfuse_model::params::{export, import, unflatten};
 use fedfuse_model::train::{TrainConfig, train_with};
 use fedfuse_model::window::CandidateConfig;
 use fedfuse_privacy::noise::GridGaussian;
-use fedfuse_protocol::msgs::{LocalWork, Metric, TrainingPlan};
+use fedfuse_protocol::msgs::{LocalWork, Metric, TrainingPlan, validation_metric};
 
 use crate::privacy::StorePrivacy;
 use crate::{LocalTrainer, LocalUpdate, TensorShape};
@@ -177,7 +177,8 @@ impl FusedTrainer {
         })())
     }
 
-    fn validate(&self, model: &FusedRecommender) -> Option<(f64, f64)> {
+    /// HR@10 and NDCG@10 by full ranking over this store's validation shoppers, and their count.
+    fn validate(&self, model: &FusedRecommender) -> Option<(f64, f64, usize)> {
         let (split, cases) = self.data.validation.as_ref()?;
         let mut acc = EvalAccumulator::default();
         evaluate_into(
@@ -189,7 +190,7 @@ impl FusedTrainer {
             &mut acc,
         );
         let e = acc.finish(10);
-        Some((e.full.overall.mean.hit_rate, e.full.overall.mean.ndcg))
+        Some((e.full.overall.mean.hit_rate, e.full.overall.mean.ndcg, e.full.overall.cases))
     }
 }
 
@@ -287,14 +288,20 @@ impl LocalTrainer for FusedTrainer {
                 name: "train_loss".into(),
                 value: loss,
             }];
-            if let Some((hr, ndcg)) = validation {
+            if let Some((hr, ndcg, shoppers)) = validation
+                && shoppers > 0
+            {
                 m.push(Metric {
-                    name: "offered_validation_hr10".into(),
+                    name: validation_metric::HR10.into(),
                     value: hr,
                 });
                 m.push(Metric {
-                    name: "offered_validation_ndcg10".into(),
+                    name: validation_metric::NDCG10.into(),
                     value: ndcg,
+                });
+                m.push(Metric {
+                    name: validation_metric::SHOPPERS.into(),
+                    value: shoppers as f64,
                 });
             }
             m

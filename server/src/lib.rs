@@ -8,6 +8,7 @@
 //! - [`service`]: the async driver: QUIC sessions in, coordinator actions out, commits persisted.
 //! - [`fine_tune`]: the platform's fine-tuning of the fused model on its own shoppers.
 //! - [`schedule`]: the learning rate the aggregator offers, round by round.
+//! - [`selection`]: the model to serve, by the stores' pooled validation of each version.
 //! - [`safetensors`]: model import and export for PyTorch users.
 //! - [`state`]: the embedded database and model blobs, for crash-safe resumption.
 //! - [`round`]: the [`round::RoundCoordinator`] state machine: events in, actions out, no I/O.
@@ -21,6 +22,7 @@ pub mod pki;
 pub mod round;
 pub mod safetensors;
 pub mod schedule;
+pub mod selection;
 pub mod service;
 pub mod state;
 pub mod validate;

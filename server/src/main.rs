@@ -91,7 +91,7 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Write the current global model in a format other tools read.
+    /// Write a global model in a format other tools read.
     ///
     /// Example: fedfuse-server export --config platform/config.toml --format safetensors --out model.safetensors
     Export {
@@ -99,9 +99,21 @@ enum Command {
         config: PathBuf,
         #[arg(long, value_enum, default_value_t = ExportFormat::Safetensors)]
         format: ExportFormat,
+        /// Which model: the version the stores' validation shoppers ranked best (the one to
+        /// serve; the latest when no store reported validation), or the latest committed.
+        #[arg(long, value_enum, default_value_t = ExportModel::BestValidated)]
+        model: ExportModel,
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportModel {
+    /// The best version by the stores' pooled validation HR@10.
+    BestValidated,
+    /// The last committed version.
+    Latest,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -308,6 +320,13 @@ fn main() -> anyhow::Result<()> {
                     c.next_round
                 ),
             }
+            match state.best_validated()? {
+                None => println!("no store has reported validation yet: the latest model is served"),
+                Some(b) => println!(
+                    "best validated: version {} (HR@10 {:.4}, NDCG@10 {:.4} over {} shoppers of {} stores, measured in round {})",
+                    b.version, b.hr10, b.ndcg10, b.shoppers, b.stores, b.round_id
+                ),
+            }
             println!("\n{:>6} {:>8} {:>8}  hash", "round", "version", "updates");
             for r in state.rounds()? {
                 let metrics: Vec<String> = r.metrics.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
@@ -353,19 +372,27 @@ fn main() -> anyhow::Result<()> {
         Command::Export {
             config,
             format: ExportFormat::Safetensors,
+            model,
             out,
         } => {
             let config = ServerConfig::load(&config)?;
             let state = AggregatorState::open(&config.state.dir)?;
             let committed = state.committed()?.context("no model committed yet")?;
-            let model = state.load(&committed)?;
+            let (model, why) = match (model, state.best_validated()?) {
+                (ExportModel::BestValidated, Some(best)) => (
+                    state.load_validated(&best)?,
+                    format!("best validated, HR@10 {:.4} over {} shoppers", best.hr10, best.shoppers),
+                ),
+                (ExportModel::BestValidated, None) => (state.load(&committed)?, "latest: no validation reported".into()),
+                (ExportModel::Latest, _) => (state.load(&committed)?, "latest".into()),
+            };
             let metadata = std::collections::BTreeMap::from([
                 ("format".to_string(), "pt".to_string()),
-                ("fedfuse_version".to_string(), committed.version.to_string()),
-                ("fedfuse_blake3".to_string(), hex(&committed.content_hash)),
+                ("fedfuse_version".to_string(), model.version.to_string()),
+                ("fedfuse_blake3".to_string(), hex(&model.content_hash)),
             ]);
             fedfuse_server::safetensors::write(&out, &model.layout, &model.params, &metadata)?;
-            println!("model version {} written to {}", committed.version, out.display());
+            println!("model version {} ({why}) written to {}", model.version, out.display());
         }
     }
     Ok(())

@@ -23,6 +23,7 @@ use crate::central_dp::{CentralDpError, CentralPrivacy};
 use crate::layout::ModelLayout;
 use crate::round::{Action, CentralClipping, Event, RoundCoordinator, RoundPolicy, StoreId};
 use crate::schedule::LearningRateSchedule;
+use crate::selection::{ValidatedModel, ValidationTally};
 use crate::state::{AggregatorState, RoundRecord, StateError};
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +80,9 @@ pub struct ServiceReport {
     /// the budget stopped it.
     pub central_epsilon: Option<f64>,
     pub budget_spent: bool,
+    /// The version the stores' pooled validation ranked best: the model to serve. `None`
+    /// when no store reported validation (DP federations, stores without validation data).
+    pub best_validated: Option<ValidatedModel>,
 }
 
 enum Outbound {
@@ -191,10 +195,15 @@ pub async fn run_aggregator_with(
         fine_tuning: Vec::new(),
         central_epsilon: None,
         budget_spent: false,
+        best_validated: None,
     };
     let mut sessions: HashMap<StoreId, (u64, mpsc::UnboundedSender<Outbound>)> = HashMap::new();
     // Spends reported with updates, recorded once the coordinator accepts them.
     let mut spends: HashMap<(StoreId, u64), fedfuse_protocol::msgs::PrivacySpend> = HashMap::new();
+    // Validation reports of the offered model, waiting like spends; pooled once accepted, so
+    // a rejected update's report counts for nothing.
+    let mut reports: HashMap<(StoreId, u64), Vec<fedfuse_protocol::msgs::Metric>> = HashMap::new();
+    let mut tallies: HashMap<u64, ValidationTally> = HashMap::new();
     let mut blob = Arc::new(std::mem::take(&mut snapshot.blob));
     let mut ticker = tokio::time::interval(opts.tick);
     let mut finished = false;
@@ -232,6 +241,9 @@ pub async fn run_aggregator_with(
                     updates_in_round,
                 } => {
                     state.record_update(&store, round_id, spends.remove(&(store.clone(), round_id)).as_ref())?;
+                    if let Some(metrics) = reports.remove(&(store.clone(), round_id)) {
+                        tallies.entry(round_id).or_default().add(&metrics);
+                    }
                     if let Some((_, tx)) = sessions.get(&store) {
                         let _ = tx.send(Outbound::Message(Message::UpdateAccepted(UpdateAccepted {
                             round_id,
@@ -241,6 +253,8 @@ pub async fn run_aggregator_with(
                 }
                 Action::Rejected { store, round_id, reason } => {
                     tracing::warn!(%store, round_id, %reason, "update rejected");
+                    spends.remove(&(store.clone(), round_id));
+                    reports.remove(&(store.clone(), round_id));
                     if let Some((_, tx)) = sessions.get(&store) {
                         let _ = tx.send(Outbound::Message(Message::UpdateRejected(UpdateRejected {
                             round_id,
@@ -255,6 +269,21 @@ pub async fn run_aggregator_with(
                     params,
                     updates,
                 } => {
+                    // The round's stores validated its base model: the one offered until now.
+                    if let Some(validated) = tallies
+                        .remove(&round_id)
+                        .and_then(|t| t.finish(snapshot.version, snapshot.content_hash, round_id))
+                    {
+                        let best = state.record_validation(&validated)?;
+                        tracing::info!(
+                            round_id,
+                            version = validated.version,
+                            hr10 = validated.hr10,
+                            shoppers = validated.shoppers,
+                            best,
+                            "federated validation"
+                        );
+                    }
                     snapshot = state.commit(round_id, version, &snapshot.layout, &params, updates)?;
                     blob = Arc::new(std::mem::take(&mut snapshot.blob));
                     tracing::info!(round_id, version, updates, "round committed");
@@ -340,6 +369,7 @@ pub async fn run_aggregator_with(
                 }
                 Action::RoundFailed { round_id, reason } => {
                     tracing::warn!(round_id, %reason, "round failed");
+                    tallies.remove(&round_id);
                     report.failed_rounds.push((round_id, reason));
                 }
                 Action::Finished => finished = true,
@@ -380,6 +410,11 @@ pub async fn run_aggregator_with(
                     {
                         spends.insert((store.clone(), upload.round_id), spend.clone());
                     }
+                    if let Event::Update { store, upload } = &event
+                        && !upload.metrics.is_empty()
+                    {
+                        reports.insert((store.clone(), upload.round_id), upload.metrics.clone());
+                    }
                     pending = coordinator.handle(event);
                 }
                 None => break,
@@ -399,6 +434,7 @@ pub async fn run_aggregator_with(
     report.content_hash = snapshot.content_hash;
     report.params = snapshot.params.clone();
     report.rounds = state.rounds()?;
+    report.best_validated = state.best_validated()?;
     if let Some(p) = &central
         && let Ok(p) = p.lock()
     {

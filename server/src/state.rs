@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::layout::{ModelLayout, TensorSpec};
 use crate::pki::write_atomic;
+use crate::selection::ValidatedModel;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const ROUNDS: TableDefinition<u64, &[u8]> = TableDefinition::new("rounds");
@@ -255,16 +256,53 @@ impl AggregatorState {
         Ok(())
     }
 
-    /// Adds `metrics` to round `round_id`'s record (the round may commit later: the
-    /// metrics wait in their own entry until then).
+    /// Adds `metrics` to round `round_id`'s record, replacing any of the same name (the
+    /// round may commit later: the metrics wait in their own entry until then).
     pub fn record_round_metrics(&self, round_id: u64, metrics: &[(String, f64)]) -> Result<(), StateError> {
         let w = db!(self.db.begin_write())?;
-        {
-            let mut t = db!(w.open_table(ROUND_METRICS))?;
-            db!(t.insert(round_id, serde_json::to_vec(metrics).expect("serialises").as_slice()))?;
-        }
+        merge_round_metrics(&w, round_id, metrics)?;
         db!(w.commit())?;
         Ok(())
+    }
+
+    /// Records the stores' pooled validation of a model version with the round that measured
+    /// it, and makes it the model to serve if it beats the best so far (in one transaction, so
+    /// a crash leaves either both or neither). Returns whether it became the best.
+    pub fn record_validation(&self, validated: &ValidatedModel) -> Result<bool, StateError> {
+        let best = self.best_validated()?;
+        let better = best.as_ref().is_none_or(|b| validated.better_than(b));
+        let w = db!(self.db.begin_write())?;
+        if better {
+            let mut meta = db!(w.open_table(META))?;
+            db!(meta.insert(
+                "best_validated",
+                serde_json::to_vec(validated).expect("serialises").as_slice()
+            ))?;
+        }
+        merge_round_metrics(&w, validated.round_id, &validated.round_metrics())?;
+        db!(w.commit())?;
+        Ok(better)
+    }
+
+    /// The version the stores' validation shoppers ranked best so far, if any reported.
+    pub fn best_validated(&self) -> Result<Option<ValidatedModel>, StateError> {
+        let r = db!(self.db.begin_read())?;
+        let t = db!(r.open_table(META))?;
+        let Some(v) = db!(t.get("best_validated"))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|e| StateError::Corrupt(e.to_string()))
+    }
+
+    /// Loads a validated version's blob, checked against the hash it was validated with.
+    pub fn load_validated(&self, validated: &ValidatedModel) -> Result<ModelSnapshot, StateError> {
+        self.load(&Committed {
+            version: validated.version,
+            next_round: validated.round_id,
+            content_hash: validated.content_hash,
+        })
     }
 
     pub fn stores(&self) -> Result<Vec<(String, StoreRecord)>, StateError> {
@@ -297,6 +335,22 @@ impl AggregatorState {
         }
         Ok(out)
     }
+}
+
+fn merge_round_metrics(w: &redb::WriteTransaction, round_id: u64, metrics: &[(String, f64)]) -> Result<(), StateError> {
+    let mut t = db!(w.open_table(ROUND_METRICS))?;
+    let mut merged: Vec<(String, f64)> = match db!(t.get(round_id))? {
+        Some(v) => serde_json::from_slice(v.value()).map_err(|e| StateError::Corrupt(e.to_string()))?,
+        None => Vec::new(),
+    };
+    for (name, value) in metrics {
+        match merged.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 = *value,
+            None => merged.push((name.clone(), *value)),
+        }
+    }
+    db!(t.insert(round_id, serde_json::to_vec(&merged).expect("serialises").as_slice()))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -340,6 +394,46 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         assert!(matches!(
             s.load(&s.committed().unwrap().unwrap()),
+            Err(StateError::CorruptBlob { .. })
+        ));
+    }
+
+    #[test]
+    fn the_best_validated_version_is_kept_across_reopening_and_loads_by_its_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let validated = |version: u64, hash: [u8; 32], hr10: f64| ValidatedModel {
+            version,
+            content_hash: hash,
+            round_id: version + 1,
+            hr10,
+            ndcg10: hr10 / 2.0,
+            shoppers: 40,
+            stores: 2,
+        };
+        {
+            let s = AggregatorState::open(dir.path()).unwrap();
+            let v1 = s.commit(1, 1, &layout(), &[1.0; 3], 2).unwrap();
+            let v2 = s.commit(2, 2, &layout(), &[2.0; 3], 2).unwrap();
+            s.commit(3, 3, &layout(), &[3.0; 3], 2).unwrap();
+            s.record_round_metrics(2, &[("fine_tune_kept".into(), 1.0)]).unwrap();
+            assert!(s.record_validation(&validated(1, v1.content_hash, 0.20)).unwrap());
+            assert!(s.record_validation(&validated(2, v2.content_hash, 0.25)).unwrap());
+            assert!(!s.record_validation(&validated(3, [9; 32], 0.22)).unwrap());
+        }
+        let s = AggregatorState::open(dir.path()).unwrap();
+        let best = s.best_validated().unwrap().unwrap();
+        assert_eq!((best.version, best.hr10), (2, 0.25));
+        assert_eq!(s.load_validated(&best).unwrap().params, vec![2.0; 3]);
+        // Round 3 measured version 2; the metrics merge with what the round held already.
+        let rounds = s.rounds().unwrap();
+        let round2 = &rounds.iter().find(|r| r.round_id == 2).unwrap().metrics;
+        assert!(round2.contains(&("fine_tune_kept".into(), 1.0)));
+        assert!(round2.contains(&("federated_validation_hr10".into(), 0.20)));
+        let round3 = &rounds.iter().find(|r| r.round_id == 3).unwrap().metrics;
+        assert!(round3.contains(&("federated_validation_version".into(), 2.0)));
+        // A validated hash that does not match the blob is refused, not served.
+        assert!(matches!(
+            s.load_validated(&validated(1, [7; 32], 0.3)),
             Err(StateError::CorruptBlob { .. })
         ));
     }

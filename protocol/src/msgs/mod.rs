@@ -10,7 +10,7 @@ pub use handshake::{Capabilities, Hello, RefusalReason, Refused, Welcome, negoti
 pub use model::{ModelChunk, ModelManifest, chunk_ranges, decode_model_blob, encode_model_blob};
 pub use round::{DpRequirement, LocalWork, NoiseMode, PrivacyUnit, RoundOffer, TrainingPlan};
 pub use session::{Bye, Heartbeat};
-pub use update::{Metric, PrivacySpend, RejectionReason, UpdateAccepted, UpdateRejected, UpdateUpload};
+pub use update::{Metric, PrivacySpend, RejectionReason, UpdateAccepted, UpdateRejected, UpdateUpload, validation_metric};
 
 use serde::{Serialize, de::DeserializeOwned};
 

@@ -4,6 +4,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::tensor::NamedTensor;
 
+/// Metric names a store reports about the model it was offered, measured on its own
+/// validation shoppers before it trained: the aggregator pools them into one federated
+/// validation score per model version and serves the best one.
+pub mod validation_metric {
+    /// Hit rate at 10 by full ranking, a mean over the store's validation shoppers.
+    pub const HR10: &str = "offered_validation_hr10";
+    pub const NDCG10: &str = "offered_validation_ndcg10";
+    /// How many validation shoppers the two means are over: the pooling weight.
+    pub const SHOPPERS: &str = "offered_validation_shoppers";
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metric {
     pub name: String,
