@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Renders bench/federation.sh's JSON reports into the `federation-ml100k` section of
-BENCHMARKS.md. Standard library only; runs that have no report yet are left out."""
+BENCHMARKS.md, and the best-validated runs (`fed_b32e4`) into `federation-served`. Standard
+library only; runs that have no report yet are left out, and a section none of whose runs
+has a report is left as it was."""
 
 import argparse
 import json
@@ -34,6 +36,85 @@ def centralized(benchmarks: str):
     return (float(m.group(1)), float(m.group(2))) if m else None
 
 
+def local_only(benchmarks: str):
+    """Mean test HR@10 (full) of the local-only row already in the federation table."""
+    m = re.search(r"\| local-only \(each store alone\) \|[^|]*\|[^|]*\| ([0-9.]+)", benchmarks)
+    return float(m.group(1)) if m else None
+
+
+def replace_section(md: str, tag: str, table: str) -> str:
+    begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
+    block = f"{begin}\n{table}{end}"
+    b, e = md.find(begin), md.find(end)
+    return md[:b] + block + md[e + len(end):] if 0 <= b < e else md.rstrip() + "\n\n" + block + "\n"
+
+
+def served_section(reports, central, local_hr, note):
+    """The federation that serves the best federated-validated version, seed by seed, beside the
+    last round's model of the same runs."""
+    out = ["## Federation serving the best validated model (MovieLens-100K, 11 ZIP stores)\n"]
+    r0 = reports[0]
+    c = r0["config"]
+    out.append(
+        f"`bench/federation.sh --only fed_b32e4` (quickstart on loopback, as above): dim {c['dim']}, max_len "
+        f"{c['max_len']}, head {c['head']}; {c['rounds']} rounds, every store trains {c['local_epochs']} local "
+        f"epochs of batches of {c['batch_size']} windows, AdamW lr {c['lr']:g} (constant), keeping its moments; "
+        "FedAvg weighted by examples. Before training, each store ranks the offered model for its own validation "
+        "shoppers and reports HR@10 and their count; the aggregator pools the reports per version and serves the "
+        "best one (the test shoppers are never consulted: test numbers of the other versions are in the report "
+        "for the reader only). *Served* is that model, *last* the last round's model of the same run. "
+        + note + "\n"
+    )
+    out.append("| seed | served version (validated in round) | federated validation HR@10 | HR@10 full | NDCG@10 full | "
+               "HR@10 sampled | NDCG@10 sampled | worst store HR@10 | last model HR@10 full | last NDCG@10 full | wall s |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in reports:
+        f, last = r["final"], r["last"]
+        val = [x.get("federated_validation_hr10") for x in r["rounds"] if x.get("version") == f["version"]]
+        w = f.get("worst_store") or {}
+        rounds_of = [x["round"] for x in r["rounds"] if x.get("version") == f["version"]]
+        out.append(
+            f"| {r['config']['seed']} | {f['version']} (after round {rounds_of[0] if rounds_of else '?'}) | "
+            + (f"{val[0]:.4f}" if val and val[0] is not None else "–") + " | "
+            + " | ".join(f"{f[k]:.4f}" for k in ["hr10_full", "ndcg10_full", "hr10_sampled", "ndcg10_sampled"])
+            + f" | {w.get('hr10', float('nan')):.4f} ({w.get('store', '?')}) | {last['hr10_full']:.4f} | "
+            f"{last['ndcg10_full']:.4f} | {f['seconds']:.0f} |"
+        )
+    hr = [r["final"]["hr10_full"] for r in reports]
+    last = [r["last"]["hr10_full"] for r in reports]
+    out.append(
+        f"| **mean ± std** | | | **{cell(hr)}** | {cell([r['final']['ndcg10_full'] for r in reports])} | "
+        f"{cell([r['final']['hr10_sampled'] for r in reports])} | {cell([r['final']['ndcg10_sampled'] for r in reports])} | "
+        f"{cell([(r['final'].get('worst_store') or {}).get('hr10', float('nan')) for r in reports])} | {cell(last)} | "
+        f"{cell([r['last']['ndcg10_full'] for r in reports])} | {mean_std([r['final']['seconds'] for r in reports])[0]:.0f} |"
+    )
+    m = mean_std(hr)[0]
+    ratios = []
+    if central:
+        ratios.append(f"served / centralized HR@10 = {m / central[0]:.3f} (last: {mean_std(last)[0] / central[0]:.3f}; "
+                      f"centralized {central[0]:.4f}, the quality table's fused row)")
+    if local_hr:
+        ratios.append(f"served / local-only = {m / local_hr:.2f} (local-only {local_hr:.4f}, the table above)")
+    if ratios:
+        out.append("\n" + "; ".join(ratios) + ".")
+    out.append(f"\nSeed {r0['config']['seed']} by round: test HR@10 (full) of the model after the round, and the "
+               "federated validation HR@10 the stores measured for it when it was offered next:\n")
+    rows = [x for x in r0["rounds"] if x["round"] > 0]
+    out.append("| round | " + " | ".join(str(x["round"]) for x in rows) + " |")
+    out.append("|---" * (len(rows) + 1) + "|")
+    out.append("| test HR@10 | " + " | ".join(f"{x['hr10_full']:.4f}" for x in rows) + " |")
+    out.append("| validation HR@10 | " + " | ".join(
+        f"{x['federated_validation_hr10']:.4f}" if x.get("federated_validation_hr10") is not None else "–" for x in rows) + " |")
+    stores = sorted(r0["final"]["per_store"])
+    out.append("\nHR@10 (full) of the served model per store (mean over the seeds):\n")
+    out.append("| store | shoppers | served |")
+    out.append("|---|---|---|")
+    for st in stores:
+        served = [r["final"]["per_store"][st]["hr10"] for r in reports if st in r["final"]["per_store"]]
+        out.append(f"| {st} | {r0['final']['per_store'][st]['cases']} | {cell(served)} |")
+    return "\n".join(out) + "\n"
+
+
 def at_round(report, k):
     rows = [r for r in report["rounds"] if r["round"] == k]
     return rows[0] if rows else None
@@ -53,8 +134,14 @@ def main():
     seeds_of = {n: [r for r in (load(d, n) for d in args.reports) if r] for n in names}
     local = seeds_of["local"][0] if seeds_of["local"] else None
     runs = {n: seeds_of[n][0] for n in names[1:] if seeds_of[n]}
+    served = [r for r in (load(d, "fed_b32e4") for d in args.reports) if r]
+    if served:
+        table = served_section(served, central, local_only(md), args.note)
+        print(table)
+        md = replace_section(md, "federation-served", table)
+        args.benchmarks.write_text(md)
     if not runs and not local:
-        print("no reports under", args.reports)
+        print("no reports of the main federation table under", args.reports)
         return
     def seeds(n):
         return sorted({r["config"]["seed"] if "config" in r and "seed" in r["config"] else r.get("seeds", ["?"])[0]
@@ -182,10 +269,7 @@ def main():
 
     table = "\n".join(out) + "\n"
     print(table)
-    begin, end = "<!-- federation-ml100k:begin -->", "<!-- federation-ml100k:end -->"
-    block = f"{begin}\n{table}{end}"
-    b, e = md.find(begin), md.find(end)
-    md = md[:b] + block + md[e + len(end):] if 0 <= b < e else md.rstrip() + "\n\n" + block + "\n"
+    md = replace_section(md, "federation-ml100k", table)
     args.benchmarks.write_text(md)
     print("wrote", args.benchmarks)
 

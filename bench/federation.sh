@@ -8,6 +8,8 @@
 #
 # Runs, each a JSON report under ${OUT:-$HOME/.cache/fedfuse/federation}/seed-S:
 #   fed_f32    quickstart, FedAvg, ${ROUNDS:-20} rounds, f32 updates, constant learning rate
+#   fed_b32e4  the same with 4 local epochs of batch 32 per round, serving the version the
+#              stores' pooled validation ranked best (also reports the last round's model)
 #   fed_f32_cos  the same with the aggregator's cosine learning-rate schedule over the rounds
 #   fed_f16    the same for ${ENC_ROUNDS:-10} rounds, f16 updates
 #   fed_int8   the same for ${ENC_ROUNDS:-10} rounds, int8 updates
@@ -32,20 +34,25 @@ if [[ ! -f "$DATA/u.data" ]]; then
   echo "skipping: no MovieLens-100K at $DATA (GroupLens terms forbid shipping it)" >&2
   exit 0
 fi
-only="fed_f32,fed_f32_cos,fed_f16,fed_int8,fed_dp8,fed_central8,fed_ft,local"
+only="fed_f32,fed_b32e4,fed_f32_cos,fed_f16,fed_int8,fed_dp8,fed_central8,fed_ft,local"
 case "${1:-}" in
   --only) only="$2" ;;
   --render) only="" ;;
 esac
 
-# The federated recipe: two local epochs of small batches per round (measured best of the
-# local-steps / batch / lr grid in the federation issue's notes), FedAvg, the centralized shape.
-quickstart() {
+# The centralized shape; each run brings its recipe.
+run_quickstart() {
   local name="$1"; shift
   echo "== $name, seed $SEED" >&2
   cargo run --release --quiet --example quickstart -- --data "movielens:$DATA" --seed "$SEED" \
-    --dim 64 --max-len 50 --head 16 --local-epochs 2 --batch-size 8 --lr 3e-3 "$@" \
-    --report "$DIR/$name.json" 2>&1 | tee "$DIR/$name.log" | grep -E '^ *[0-9]+ |worst|bytes|fine-tuning' >&2
+    --dim 64 --max-len 50 --head 16 "$@" \
+    --report "$DIR/$name.json" 2>&1 | tee "$DIR/$name.log" | grep -E '^ *[0-9]+ |worst|served|bytes|fine-tuning' >&2
+}
+# The first federated recipe: two local epochs of small batches per round (best of the
+# local-steps / batch / lr grid in the federation issue's notes), FedAvg, the last model served (the default).
+quickstart() {
+  local name="$1"; shift
+  run_quickstart "$name" --local-epochs 2 --batch-size 8 --lr 3e-3 "$@"
 }
 for SEED in $SEEDS; do
 DIR="$OUT/seed-$SEED"
@@ -53,6 +60,8 @@ mkdir -p "$DIR"
 for run in ${only//,/ }; do
   case "$run" in
     fed_f32) quickstart fed_f32 --rounds "$ROUNDS" --encoding f32 --lr-schedule constant ;;
+    fed_b32e4) run_quickstart fed_b32e4 --rounds "$ROUNDS" --encoding f32 --lr-schedule constant \
+      --local-epochs 4 --batch-size 32 --lr 3e-3 --serve best-validated ;;
     fed_f32_cos) quickstart fed_f32_cos --rounds "$ROUNDS" --encoding f32 --lr-schedule cosine ;;
     fed_f16) quickstart fed_f16 --rounds "$ENC_ROUNDS" --encoding f16 --lr-schedule constant ;;
     fed_int8) quickstart fed_int8 --rounds "$ENC_ROUNDS" --encoding int8 --lr-schedule constant ;;

@@ -130,10 +130,12 @@ struct Cli {
     /// Start each round with fresh AdamW moments (by default a store keeps its own).
     #[arg(long)]
     forget_optimizer: bool,
-    /// Which model the run serves and reports as `final`: `best-validated`, the version the
-    /// stores' own validation shoppers ranked best (federated early stopping; DP stores report
-    /// no validation, so there it is the last), or `last`, the last committed model.
-    #[arg(long, default_value = "best-validated", value_parser = ["best-validated", "last"])]
+    /// Which model the run serves and reports as `final`: `last`, the last committed model, or
+    /// `best-validated`, the version the stores' own validation shoppers ranked best when it was
+    /// offered (federated early stopping). The last model is never offered, so never validated:
+    /// selection only pays when the federation has stopped improving (it did not on MovieLens,
+    /// BENCHMARKS.md). DP stores report no validation, and selection falls back to the last.
+    #[arg(long, default_value = "last", value_parser = ["best-validated", "last"])]
     serve: String,
     /// Write the per-round and final numbers as JSON here.
     #[arg(long)]

@@ -99,9 +99,10 @@ enum Command {
         config: PathBuf,
         #[arg(long, value_enum, default_value_t = ExportFormat::Safetensors)]
         format: ExportFormat,
-        /// Which model: the version the stores' validation shoppers ranked best (the one to
-        /// serve; the latest when no store reported validation), or the latest committed.
-        #[arg(long, value_enum, default_value_t = ExportModel::BestValidated)]
+        /// Which model: the latest committed, or the version the stores' validation shoppers
+        /// ranked best when it was offered (the latest when none reported; the latest itself
+        /// is validated only once it is offered in a further round).
+        #[arg(long, value_enum, default_value_t = ExportModel::Latest)]
         model: ExportModel,
         #[arg(long)]
         out: PathBuf,
