@@ -65,7 +65,7 @@ def served_section(reports, central, local_hr, note):
         "for the reader only). *Served* is that model, *last* the last round's model of the same run. "
         + note + "\n"
     )
-    out.append("| seed | served version (validated in round) | federated validation HR@10 | HR@10 full | NDCG@10 full | "
+    out.append("| seed | served version | federated validation HR@10 | HR@10 full | NDCG@10 full | "
                "HR@10 sampled | NDCG@10 sampled | worst store HR@10 | last model HR@10 full | last NDCG@10 full | wall s |")
     out.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in reports:
