@@ -9,8 +9,9 @@
 //! for federations whose global model oscillates from round to round or starts to overfit. A
 //! version is scored only once it has been offered, so the last one never is; and with 943
 //! validation shoppers (MovieLens-100K) the score's standard error (~0.013) is as large as the
-//! round-to-round differences, so there it picked no better a model than the last
-//! (BENCHMARKS.md). The platform chooses which one to serve.
+//! round-to-round differences: over 3 seeds there the served model reached HR@10 0.1863 ±
+//! 0.0086 against 0.1824 ± 0.0092 for the last, within noise (BENCHMARKS.md). The platform
+//! chooses which one to serve.
 
 use fedfuse_protocol::msgs::{Metric, validation_metric};
 use serde::{Deserialize, Serialize};
