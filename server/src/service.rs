@@ -80,9 +80,16 @@ pub struct ServiceReport {
     /// the budget stopped it.
     pub central_epsilon: Option<f64>,
     pub budget_spent: bool,
-    /// The version the stores' pooled validation ranked best: the model to serve. `None`
+    /// The version the stores' pooled validation ranked best, for a platform that serves by
+    /// validation. `None`
     /// when no store reported validation (DP federations, stores without validation data).
     pub best_validated: Option<ValidatedModel>,
+}
+
+#[derive(Default)]
+struct Reported {
+    spend: Option<fedfuse_protocol::msgs::PrivacySpend>,
+    metrics: Vec<fedfuse_protocol::msgs::Metric>,
 }
 
 enum Outbound {
@@ -198,11 +205,9 @@ pub async fn run_aggregator_with(
         best_validated: None,
     };
     let mut sessions: HashMap<StoreId, (u64, mpsc::UnboundedSender<Outbound>)> = HashMap::new();
-    // Spends reported with updates, recorded once the coordinator accepts them.
-    let mut spends: HashMap<(StoreId, u64), fedfuse_protocol::msgs::PrivacySpend> = HashMap::new();
-    // Validation reports of the offered model, waiting like spends; pooled once accepted, so
-    // a rejected update's report counts for nothing.
-    let mut reports: HashMap<(StoreId, u64), Vec<fedfuse_protocol::msgs::Metric>> = HashMap::new();
+    // What an update reported beside its delta (privacy spend, validation of the offered
+    // model), held until the coordinator accepts it: a rejected update's reports count for nothing.
+    let mut reported: HashMap<(StoreId, u64), Reported> = HashMap::new();
     let mut tallies: HashMap<u64, ValidationTally> = HashMap::new();
     let mut blob = Arc::new(std::mem::take(&mut snapshot.blob));
     let mut ticker = tokio::time::interval(opts.tick);
@@ -240,10 +245,9 @@ pub async fn run_aggregator_with(
                     round_id,
                     updates_in_round,
                 } => {
-                    state.record_update(&store, round_id, spends.remove(&(store.clone(), round_id)).as_ref())?;
-                    if let Some(metrics) = reports.remove(&(store.clone(), round_id)) {
-                        tallies.entry(round_id).or_default().add(&metrics);
-                    }
+                    let r = reported.remove(&(store.clone(), round_id)).unwrap_or_default();
+                    state.record_update(&store, round_id, r.spend.as_ref())?;
+                    tallies.entry(round_id).or_default().add(&r.metrics);
                     if let Some((_, tx)) = sessions.get(&store) {
                         let _ = tx.send(Outbound::Message(Message::UpdateAccepted(UpdateAccepted {
                             round_id,
@@ -253,8 +257,7 @@ pub async fn run_aggregator_with(
                 }
                 Action::Rejected { store, round_id, reason } => {
                     tracing::warn!(%store, round_id, %reason, "update rejected");
-                    spends.remove(&(store.clone(), round_id));
-                    reports.remove(&(store.clone(), round_id));
+                    reported.remove(&(store.clone(), round_id));
                     if let Some((_, tx)) = sessions.get(&store) {
                         let _ = tx.send(Outbound::Message(Message::UpdateRejected(UpdateRejected {
                             round_id,
@@ -405,15 +408,14 @@ pub async fn run_aggregator_with(
                     pending = coordinator.handle(Event::FineTuned { version, params });
                 }
                 Some(Inbound::Event(event)) => {
-                    if let Event::Update { store, upload } = &event
-                        && let Some(spend) = &upload.privacy_spend
-                    {
-                        spends.insert((store.clone(), upload.round_id), spend.clone());
-                    }
-                    if let Event::Update { store, upload } = &event
-                        && !upload.metrics.is_empty()
-                    {
-                        reports.insert((store.clone(), upload.round_id), upload.metrics.clone());
+                    if let Event::Update { store, upload } = &event {
+                        reported.insert(
+                            (store.clone(), upload.round_id),
+                            Reported {
+                                spend: upload.privacy_spend.clone(),
+                                metrics: upload.metrics.clone(),
+                            },
+                        );
                     }
                     pending = coordinator.handle(event);
                 }
