@@ -130,17 +130,51 @@ struct Cli {
     /// Start each round with fresh AdamW moments (by default a store keeps its own).
     #[arg(long)]
     forget_optimizer: bool,
-    /// Which model the run serves and reports as `final`: `last`, the last committed model, or
+    /// Which model the run serves and reports as `final`: `last`, the last committed model;
     /// `best-validated`, the version the stores' own validation shoppers ranked best when it was
-    /// offered (federated early stopping). The last model is never offered, so never validated:
-    /// selection pays once the federation has stopped improving (on MovieLens it gained 0.004
-    /// HR@10, within noise: BENCHMARKS.md). DP stores report no validation, and selection falls back to the last.
-    #[arg(long, default_value = "last", value_parser = ["best-validated", "last"])]
-    serve: String,
+    /// offered (federated early stopping; DP stores report no validation, and it falls back to
+    /// the last); `tail-average:K`, the average of the last K models, which the aggregator
+    /// keeps after every round; or `tail-average:auto`, the average whose K (from 1, the last
+    /// model, to 13) scores best on every store's validation shoppers, pooled by this harness as
+    /// the stores would report them. Test numbers are never consulted. BENCHMARKS.md has what
+    /// each one measured on MovieLens-100K.
+    #[arg(long, default_value = "last")]
+    serve: Serve,
     /// Write the per-round and final numbers as JSON here.
     #[arg(long)]
     report: Option<PathBuf>,
 }
+
+/// Which model a run serves (`--serve`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Serve {
+    Last,
+    BestValidated,
+    TailAverage(usize),
+    TailAverageAuto,
+}
+
+impl std::str::FromStr for Serve {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "last" => Ok(Serve::Last),
+            "best-validated" => Ok(Serve::BestValidated),
+            "tail-average:auto" => Ok(Serve::TailAverageAuto),
+            other => match other.strip_prefix("tail-average:").map(str::parse::<usize>) {
+                Some(Ok(k)) if k > 0 => Ok(Serve::TailAverage(k)),
+                _ => Err(format!(
+                    "{other:?}: use last, best-validated, tail-average:K (K ≥ 1) or tail-average:auto"
+                )),
+            },
+        }
+    }
+}
+
+/// The averages `tail-average:auto` chooses among: short ones for a model that still moves,
+/// long ones for one that oscillates around where it converged.
+const TAIL_AVERAGE_CANDIDATES: [usize; 7] = [1, 2, 3, 5, 8, 10, 13];
 
 fn server_optimizer(name: &str, lr: f32) -> anyhow::Result<ServerOptimizerConfig> {
     Ok(match name {
@@ -377,6 +411,10 @@ fn main() -> anyhow::Result<()> {
             },
             chunk_bytes: 4 << 20,
             tick: Duration::from_millis(100),
+            tail_average: match cli.serve {
+                Serve::TailAverage(k) => k,
+                _ => 0,
+            },
         };
         let state = AggregatorState::open(&state_dir)?;
         let (_stop, stopped) = tokio::sync::watch::channel(false);
@@ -498,6 +536,28 @@ fn main() -> anyhow::Result<()> {
             Some((get("federated_validation_version")? as u64, get("federated_validation_hr10")?))
         })
         .collect();
+    let evaluate = |snapshot: &fedfuse_server::state::ModelSnapshot,
+                    holdout: Holdout,
+                    cases: &[usize]|
+     -> anyhow::Result<fedfuse_data::evaluate::Evaluation> {
+        let shapes: Vec<(String, Vec<usize>)> = snapshot
+            .layout
+            .tensors()
+            .iter()
+            .map(|t| (t.name.clone(), t.shape.iter().map(|d| *d as usize).collect()))
+            .collect();
+        let model = import(config.init(&base), &unflatten(&shapes, &snapshot.params)?)?;
+        let mut acc = EvalAccumulator::default();
+        evaluate_into(
+            &mut FusedScorer::new(&model, &eval_catalog),
+            &split,
+            holdout,
+            cases,
+            256,
+            &mut acc,
+        );
+        Ok(acc.finish(10))
+    };
     println!(
         "\n{:>5} {:>7} {:>10} {:>9} {:>9} {:>12} {:>8} {:>9}",
         "round", "stores", "train loss", "HR@10", "NDCG@10", "HR@10 (99)", "max ε", "val HR@10"
@@ -511,23 +571,7 @@ fn main() -> anyhow::Result<()> {
             next_round: r.round_id + 1,
             content_hash: r.content_hash,
         })?;
-        let shapes: Vec<(String, Vec<usize>)> = snapshot
-            .layout
-            .tensors()
-            .iter()
-            .map(|t| (t.name.clone(), t.shape.iter().map(|d| *d as usize).collect()))
-            .collect();
-        let model = import(config.init(&base), &unflatten(&shapes, &snapshot.params)?)?;
-        let mut acc = EvalAccumulator::default();
-        evaluate_into(
-            &mut FusedScorer::new(&model, &eval_catalog),
-            &split,
-            Holdout::Test,
-            &test_cases,
-            256,
-            &mut acc,
-        );
-        let e = acc.finish(10);
+        let e = evaluate(&snapshot, Holdout::Test, &test_cases)?;
         let logs = round_logs(r.round_id);
         let losses: Vec<f64> = logs.iter().map(|l| l.train_loss).filter(|l| l.is_finite()).collect();
         let loss = (!losses.is_empty()).then(|| losses.iter().sum::<f64>() / losses.len() as f64);
@@ -558,29 +602,94 @@ fn main() -> anyhow::Result<()> {
         evaluations.insert(r.version, e);
     }
     let (last_version, last_round) = last.context("no model was committed")?;
-    // Selection looks at validation only; the test numbers of every version are printed above
-    // for the reader, never consulted.
-    let (served_version, served_why) = match (&service_report.best_validated, cli.serve.as_str()) {
-        (Some(b), "best-validated") => (
+    let validation_cases: Vec<usize> = stores.iter().flat_map(|s| cases_of(s.index, Holdout::Validation)).collect();
+    // Selection looks at validation only; the test numbers of every version are printed for
+    // the reader, never consulted.
+    let mut tail_candidates = Vec::new();
+    let (served_version, served_why, e) = match (&service_report.best_validated, cli.serve) {
+        (Some(b), Serve::BestValidated) => (
             b.version,
             format!(
                 "best federated validation HR@10 {:.4} ({} shoppers of {} stores, measured in round {})",
                 b.hr10, b.shoppers, b.stores, b.round_id
             ),
+            evaluations.get(&b.version).context("the served model was evaluated")?.clone(),
         ),
-        (None, "best-validated") => (
+        (None, Serve::BestValidated) => (
             last_version,
             format!("the last (round {last_round}): no store reported validation"),
+            evaluations
+                .get(&last_version)
+                .context("the last model was evaluated")?
+                .clone(),
         ),
-        _ => (last_version, format!("the last (round {last_round})")),
+        (_, Serve::TailAverage(_)) => {
+            let averaged = service_report
+                .tail_average
+                .as_ref()
+                .context("the aggregator recorded no averaged model")?;
+            let snapshot = state.load_tail_average(averaged)?;
+            (
+                averaged.last_version(),
+                format!(
+                    "the average of the last {} models (rounds {:?})",
+                    averaged.versions.len(),
+                    averaged.rounds
+                ),
+                evaluate(&snapshot, Holdout::Test, &test_cases)?,
+            )
+        }
+        (_, Serve::TailAverageAuto) => {
+            println!(
+                "\n{:>4} {:>9} {:>13} {:>9} {:>9}",
+                "K", "rounds", "val HR@10", "HR@10", "NDCG@10"
+            );
+            let mut best: Option<(f64, f64, usize)> = None;
+            for k in TAIL_AVERAGE_CANDIDATES {
+                let Some((averaged, snapshot)) = state.average_of_last(k)? else {
+                    break;
+                };
+                if averaged.versions.len() < k && k > 1 {
+                    break;
+                }
+                let val = evaluate(&snapshot, Holdout::Validation, &validation_cases)?;
+                let test = evaluate(&snapshot, Holdout::Test, &test_cases)?;
+                let (vh, vn) = (val.full.overall.mean.hit_rate, val.full.overall.mean.ndcg);
+                println!(
+                    "{k:>4} {:>9} {vh:>13.4} {:>9.4} {:>9.4}",
+                    format!("{}-{}", averaged.rounds[0], averaged.rounds[averaged.rounds.len() - 1]),
+                    test.full.overall.mean.hit_rate,
+                    test.full.overall.mean.ndcg
+                );
+                if best.is_none_or(|(bh, bn, _)| vh > bh || (vh == bh && vn > bn)) {
+                    best = Some((vh, vn, tail_candidates.len()));
+                }
+                tail_candidates.push((k, averaged, vh, vn, test));
+            }
+            let (vh, _, i) = best.context("no model to average")?;
+            let (k, averaged, _, _, test) = tail_candidates[i].clone();
+            (
+                averaged.last_version(),
+                format!(
+                    "the average of the last {k} models (rounds {:?}), validation HR@10 {vh:.4}",
+                    averaged.rounds
+                ),
+                test,
+            )
+        }
+        (_, Serve::Last) => (
+            last_version,
+            format!("the last (round {last_round})"),
+            evaluations
+                .get(&last_version)
+                .context("the last model was evaluated")?
+                .clone(),
+        ),
     };
     let last_e = evaluations
         .get(&last_version)
         .context("the last model was evaluated")?
         .clone();
-    let e = evaluations
-        .remove(&served_version)
-        .context("the served model was evaluated")?;
     println!(
         "served model: version {served_version}, {served_why}: HR@10 {:.4}, NDCG@10 {:.4} (last model: {:.4}, {:.4})",
         e.full.overall.mean.hit_rate, e.full.overall.mean.ndcg, last_e.full.overall.mean.hit_rate, last_e.full.overall.mean.ndcg
@@ -644,10 +753,13 @@ fn main() -> anyhow::Result<()> {
             "config": {"rounds": cli.rounds, "local_epochs": cli.local_epochs, "lr": cli.lr, "lr_schedule": cli.lr_schedule, "min_lr_fraction": cli.min_lr_fraction, "batch_size": cli.batch_size,
                 "server_optimizer": cli.server_optimizer, "server_lr": cli.server_lr, "encoding": cli.encoding,
                 "dim": cli.dim, "max_len": cli.max_len, "head": cli.head, "seed": cli.seed,
-                "target_epsilon": cli.target_epsilon, "store_level_epsilon": cli.store_level_epsilon, "delta": cli.delta, "platform_share": cli.platform_share},
+                "target_epsilon": cli.target_epsilon, "store_level_epsilon": cli.store_level_epsilon, "delta": cli.delta, "platform_share": cli.platform_share, "serve": format!("{:?}", cli.serve)},
             "rounds": rounds,
             "fine_tuning": service_report.fine_tuning.iter().map(|(r, m)| json!({"round": r,
                 "metrics": m.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>()})).collect::<Vec<_>>(),
+            "tail_average_candidates": tail_candidates.iter().map(|(k, a, vh, vn, t)| json!({"k": k, "rounds": a.rounds,
+                "validation_hr10_full": vh, "validation_ndcg10_full": vn,
+                "hr10_full": t.full.overall.mean.hit_rate, "ndcg10_full": t.full.overall.mean.ndcg})).collect::<Vec<_>>(),
             "last": {
                 "version": last_version, "round": last_round,
                 "hr10_full": last_e.full.overall.mean.hit_rate, "ndcg10_full": last_e.full.overall.mean.ndcg,

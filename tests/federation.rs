@@ -106,6 +106,7 @@ fn options_with(policy: RoundPolicy, schedule: LearningRateSchedule) -> ServiceO
         capabilities: caps(),
         chunk_bytes: 1 << 20,
         tick: Duration::from_millis(50),
+        tail_average: 0,
     }
 }
 
@@ -894,4 +895,36 @@ async fn the_best_version_by_pooled_store_validation_is_the_one_served() {
     let reopened = AggregatorState::open(state.path()).unwrap();
     let served = reopened.load_validated(&reopened.best_validated().unwrap().unwrap()).unwrap();
     assert_eq!((served.version, served.params), (1, vec![3.0; PARAMS]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aggregator_keeps_the_average_of_the_last_models_beside_the_latest() {
+    let state = tempfile::tempdir().unwrap();
+    // A server learning rate of ½ makes the model move every round: 1.625, 2.4375, 2.84375
+    // toward the example-weighted target 3.25, so the average of the last two differs from
+    // every version.
+    let mut opts = options(RoundPolicy {
+        optimizer: fedfuse_server::aggregate::optimizer::ServerOptimizerConfig::FedAvg { lr: 0.5 },
+        ..policy(3, 3, 3)
+    });
+    opts.tail_average = 2;
+    let f = federation_with(state.path(), opts);
+    let stores = [("a", 1.0, 1), ("b", 2.0, 1), ("c", 5.0, 2)].map(|(name, t, examples)| f.spawn_store(name, t, examples, false));
+    let report = tokio::time::timeout(Duration::from_secs(60), f.service)
+        .await
+        .unwrap()
+        .unwrap();
+    for s in stores {
+        s.await.unwrap();
+    }
+    assert_close(&report.params, 2.84375);
+    let averaged = report.tail_average.clone().expect("the average was kept");
+    assert_eq!((averaged.versions.clone(), averaged.rounds.clone()), (vec![2, 3], vec![2, 3]));
+    // After a restart the averaged blob loads by its recorded hash; the latest is untouched.
+    let reopened = AggregatorState::open(state.path()).unwrap();
+    assert_eq!(reopened.tail_average().unwrap(), Some(averaged.clone()));
+    let served = reopened.load_tail_average(&averaged).unwrap();
+    assert_close(&served.params, (2.4375 + 2.84375) / 2.0);
+    let latest = reopened.load(&reopened.committed().unwrap().unwrap()).unwrap();
+    assert_close(&latest.params, 2.84375);
 }

@@ -57,6 +57,14 @@ impl Default for StateSection {
     }
 }
 
+/// What the platform serves besides the latest model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeSection {
+    /// Average the last this many trained models after every round (0: none).
+    pub tail_average: usize,
+}
+
 /// What every round asks the stores to do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -154,6 +162,7 @@ pub struct ServerConfig {
     pub plan: PlanSection,
     pub model: fedfuse_model::fit::ModelShape,
     pub platform: PlatformSection,
+    pub serve: ServeSection,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -308,6 +317,13 @@ store = "{pstore}"
 hold_out = {phold:?}
 fine_tune_epochs = {fte}
 fine_tune_learning_rate = {ftlr:?}
+
+[serve]
+# After every round, average the last this many trained models into one more model to serve
+# (`export --model tail-average`): the global model jumps from round to round around where it
+# has converged, and the average of its last iterates lands nearer the middle. It costs the
+# stores nothing and never changes what they train from. 0 keeps no average.
+tail_average = {tail}
 "#,
             listen = self.server.listen,
             name = self.server.name,
@@ -356,6 +372,7 @@ fine_tune_learning_rate = {ftlr:?}
             phold = pf.hold_out,
             fte = pf.fine_tune_epochs,
             ftlr = pf.fine_tune_learning_rate,
+            tail = self.serve.tail_average,
         )
     }
 }
@@ -425,6 +442,7 @@ mod tests {
         config.plan.encoding = "int8".into();
         config.model.dim = 32;
         config.platform.hold_out = 0.25;
+        config.serve.tail_average = 5;
         config.plan.learning_rate_schedule = "cosine".into();
         config.round.central_dp = Some(crate::central_dp::CentralDp {
             noise_multiplier: 1.25,

@@ -25,4 +25,5 @@ pub mod schedule;
 pub mod selection;
 pub mod service;
 pub mod state;
+pub mod tail_average;
 pub mod validate;

@@ -99,9 +99,10 @@ enum Command {
         config: PathBuf,
         #[arg(long, value_enum, default_value_t = ExportFormat::Safetensors)]
         format: ExportFormat,
-        /// Which model: the latest committed, or the version the stores' validation shoppers
+        /// Which model: the latest committed; the version the stores' validation shoppers
         /// ranked best when it was offered (the latest when none reported; the latest itself
-        /// is validated only once it is offered in a further round).
+        /// is validated only once it is offered in a further round); or the average of the
+        /// last [serve] tail_average models (an error when the config keeps none).
         #[arg(long, value_enum, default_value_t = ExportModel::Latest)]
         model: ExportModel,
         #[arg(long)]
@@ -115,6 +116,8 @@ enum ExportModel {
     BestValidated,
     /// The last committed version.
     Latest,
+    /// The average of the last models, as recorded after the latest round.
+    TailAverage,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -304,6 +307,7 @@ fn main() -> anyhow::Result<()> {
                     },
                     chunk_bytes: 4 << 20,
                     tick: std::time::Duration::from_millis(100),
+                    tail_average: config.serve.tail_average,
                 };
                 anyhow::Ok(run_aggregator_with(endpoint, state, initial, opts, stopped, fine_tuner).await?)
             })?;
@@ -327,6 +331,14 @@ fn main() -> anyhow::Result<()> {
                     "best validated: version {} (HR@10 {:.4}, NDCG@10 {:.4} over {} shoppers of {} stores, measured in round {})",
                     b.version, b.hr10, b.ndcg10, b.shoppers, b.stores, b.round_id
                 ),
+            }
+            if let Some(a) = state.tail_average()? {
+                println!(
+                    "averaged model: versions {:?} (rounds {:?}), hash {}",
+                    a.versions,
+                    a.rounds,
+                    hex(&a.content_hash)
+                );
             }
             println!("\n{:>6} {:>8} {:>8}  hash", "round", "version", "updates");
             for r in state.rounds()? {
@@ -386,6 +398,15 @@ fn main() -> anyhow::Result<()> {
                 ),
                 (ExportModel::BestValidated, None) => (state.load(&committed)?, "latest: no validation reported".into()),
                 (ExportModel::Latest, _) => (state.load(&committed)?, "latest".into()),
+                (ExportModel::TailAverage, _) => {
+                    let averaged = state
+                        .tail_average()?
+                        .context("no averaged model recorded: set [serve] tail_average and run a round")?;
+                    (
+                        state.load_tail_average(&averaged)?,
+                        format!("average of versions {:?}", averaged.versions),
+                    )
+                }
             };
             let metadata = std::collections::BTreeMap::from([
                 ("format".to_string(), "pt".to_string()),

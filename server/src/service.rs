@@ -25,6 +25,7 @@ use crate::round::{Action, CentralClipping, Event, RoundCoordinator, RoundPolicy
 use crate::schedule::LearningRateSchedule;
 use crate::selection::{ValidatedModel, ValidationTally};
 use crate::state::{AggregatorState, RoundRecord, StateError};
+use crate::tail_average::AveragedModel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -49,6 +50,9 @@ pub struct ServiceOptions {
     pub chunk_bytes: u32,
     /// How often the coordinator sees the clock.
     pub tick: Duration,
+    /// After every commit, average the last this many trained models and record that as the
+    /// averaged model to serve ([`crate::tail_average`]); 0 keeps no average.
+    pub tail_average: usize,
 }
 
 /// What fine-tuning produced: the parameters to publish (the input again when tuning did not
@@ -84,6 +88,8 @@ pub struct ServiceReport {
     /// validation. `None`
     /// when no store reported validation (DP federations, stores without validation data).
     pub best_validated: Option<ValidatedModel>,
+    /// The average of the last `tail_average` models, when the options asked for one.
+    pub tail_average: Option<AveragedModel>,
 }
 
 #[derive(Default)]
@@ -203,6 +209,7 @@ pub async fn run_aggregator_with(
         central_epsilon: None,
         budget_spent: false,
         best_validated: None,
+        tail_average: None,
     };
     let mut sessions: HashMap<StoreId, (u64, mpsc::UnboundedSender<Outbound>)> = HashMap::new();
     // What an update reported beside its delta (privacy spend, validation of the offered
@@ -290,6 +297,11 @@ pub async fn run_aggregator_with(
                     snapshot = state.commit(round_id, version, &snapshot.layout, &params, updates)?;
                     blob = Arc::new(std::mem::take(&mut snapshot.blob));
                     tracing::info!(round_id, version, updates, "round committed");
+                    if opts.tail_average > 0
+                        && let Some(averaged) = state.commit_average_of_last(opts.tail_average)?
+                    {
+                        tracing::info!(round_id, versions = ?averaged.versions, "averaged the last models");
+                    }
                 }
                 Action::FineTune {
                     round_id,
@@ -437,6 +449,7 @@ pub async fn run_aggregator_with(
     report.params = snapshot.params.clone();
     report.rounds = state.rounds()?;
     report.best_validated = state.best_validated()?;
+    report.tail_average = state.tail_average()?;
     if let Some(p) = &central
         && let Ok(p) = p.lock()
     {

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::layout::{ModelLayout, TensorSpec};
 use crate::pki::write_atomic;
 use crate::selection::ValidatedModel;
+use crate::tail_average::{AveragedModel, TailAverage, TailAverageError, last_rounds};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const ROUNDS: TableDefinition<u64, &[u8]> = TableDefinition::new("rounds");
@@ -34,6 +35,8 @@ pub enum StateError {
     CorruptBlob { path: PathBuf, detail: String },
     #[error("state database: {0}")]
     Corrupt(String),
+    #[error("averaging the last models: {0}")]
+    TailAverage(#[from] TailAverageError),
 }
 
 macro_rules! db {
@@ -160,13 +163,16 @@ impl AggregatorState {
 
     /// Loads a committed model and checks its hash against the database.
     pub fn load(&self, committed: &Committed) -> Result<ModelSnapshot, StateError> {
-        let path = self.blob_path(committed.version);
+        self.load_blob(self.blob_path(committed.version), committed.version, committed.content_hash)
+    }
+
+    fn load_blob(&self, path: PathBuf, version: u64, expected: [u8; 32]) -> Result<ModelSnapshot, StateError> {
         let blob = std::fs::read(&path).map_err(|source| StateError::Io {
             path: path.clone(),
             source,
         })?;
         let content_hash = fedfuse_protocol::content_hash(&blob);
-        if content_hash != committed.content_hash {
+        if content_hash != expected {
             return Err(StateError::CorruptBlob {
                 path,
                 detail: "content hash differs from the committed one".into(),
@@ -177,7 +183,7 @@ impl AggregatorState {
             detail: e.to_string(),
         })?;
         Ok(ModelSnapshot {
-            version: committed.version,
+            version,
             blob,
             content_hash,
             layout,
@@ -305,6 +311,112 @@ impl AggregatorState {
         })
     }
 
+    fn average_blob_path(&self, averaged: &AveragedModel) -> PathBuf {
+        self.dir.join("models").join(format!(
+            "average-v{:08}-last{}.bin",
+            averaged.last_version(),
+            averaged.versions.len()
+        ))
+    }
+
+    /// The average of the last `k` trained models committed (fewer when fewer exist; `None`
+    /// when none has been trained yet), each blob read once and checked against its hash.
+    /// The snapshot's `version` is the newest one averaged. Nothing is written.
+    pub fn average_of_last(&self, k: usize) -> Result<Option<(AveragedModel, ModelSnapshot)>, StateError> {
+        let records = self.rounds()?;
+        let ids: Vec<u64> = records.iter().map(|r| r.round_id).collect();
+        let chosen = last_rounds(&ids, k);
+        let mut sum = TailAverage::default();
+        let mut layout: Option<ModelLayout> = None;
+        let mut averaged = AveragedModel {
+            versions: Vec::with_capacity(chosen.len()),
+            rounds: chosen.clone(),
+            content_hash: [0; 32],
+        };
+        for round in &chosen {
+            let r = records
+                .iter()
+                .find(|r| r.round_id == *round)
+                .ok_or_else(|| StateError::Corrupt(format!("round {round} vanished while averaging")))?;
+            let model = self.load(&Committed {
+                version: r.version,
+                next_round: r.round_id + 1,
+                content_hash: r.content_hash,
+            })?;
+            match &layout {
+                Some(l) if *l != model.layout => {
+                    return Err(StateError::Corrupt(format!(
+                        "version {} has another layout than version {}",
+                        model.version, averaged.versions[0]
+                    )));
+                }
+                Some(_) => {}
+                None => layout = Some(model.layout.clone()),
+            }
+            sum.add(&model.params)?;
+            averaged.versions.push(model.version);
+        }
+        let Some(layout) = layout else { return Ok(None) };
+        let params = sum.finish()?;
+        let blob = encode_model(&layout, &params);
+        averaged.content_hash = fedfuse_protocol::content_hash(&blob);
+        let snapshot = ModelSnapshot {
+            version: averaged.last_version(),
+            blob,
+            content_hash: averaged.content_hash,
+            layout,
+            params,
+        };
+        Ok(Some((averaged, snapshot)))
+    }
+
+    /// Averages the last `k` trained models and makes that the averaged model to serve:
+    /// its blob is written atomically under a name of its own, then recorded with its hash in
+    /// one transaction, so a crash leaves the previous average servable; the previous blob is
+    /// removed afterwards.
+    pub fn commit_average_of_last(&self, k: usize) -> Result<Option<AveragedModel>, StateError> {
+        let Some((averaged, snapshot)) = self.average_of_last(k)? else {
+            return Ok(None);
+        };
+        let previous = self.tail_average()?;
+        let path = self.average_blob_path(&averaged);
+        write_atomic(&path, &snapshot.blob, 0o644)?;
+        let w = db!(self.db.begin_write())?;
+        {
+            let mut meta = db!(w.open_table(META))?;
+            db!(meta.insert("tail_average", serde_json::to_vec(&averaged).expect("serialises").as_slice()))?;
+        }
+        db!(w.commit())?;
+        if let Some(old) = previous {
+            let old_path = self.average_blob_path(&old);
+            if old_path != path {
+                let _ = std::fs::remove_file(old_path);
+            }
+        }
+        Ok(Some(averaged))
+    }
+
+    /// The averaged model recorded last by [`Self::commit_average_of_last`], if any.
+    pub fn tail_average(&self) -> Result<Option<AveragedModel>, StateError> {
+        let r = db!(self.db.begin_read())?;
+        let t = db!(r.open_table(META))?;
+        let Some(v) = db!(t.get("tail_average"))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|e| StateError::Corrupt(e.to_string()))
+    }
+
+    /// Loads the averaged model's blob, checked against its recorded hash.
+    pub fn load_tail_average(&self, averaged: &AveragedModel) -> Result<ModelSnapshot, StateError> {
+        self.load_blob(
+            self.average_blob_path(averaged),
+            averaged.last_version(),
+            averaged.content_hash,
+        )
+    }
+
     pub fn stores(&self) -> Result<Vec<(String, StoreRecord)>, StateError> {
         let r = db!(self.db.begin_read())?;
         let t = db!(r.open_table(STORES))?;
@@ -396,6 +508,47 @@ mod tests {
             s.load(&s.committed().unwrap().unwrap()),
             Err(StateError::CorruptBlob { .. })
         ));
+    }
+
+    #[test]
+    fn the_average_of_the_last_models_is_committed_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = AggregatorState::open(dir.path()).unwrap();
+            assert!(s.average_of_last(3).unwrap().is_none());
+            s.commit(0, 0, &layout(), &[100.0; 3], 0).unwrap();
+            // Only the untrained start: nothing to average.
+            assert_eq!(s.commit_average_of_last(3).unwrap(), None);
+            s.commit(1, 1, &layout(), &[1.0, 2.0, 3.0], 2).unwrap();
+            s.commit(2, 2, &layout(), &[3.0, 2.0, 1.0], 2).unwrap();
+            let first = s.commit_average_of_last(3).unwrap().unwrap();
+            // Two trained rounds, and the start (round 0) is not among them.
+            assert_eq!((first.versions.clone(), first.rounds.clone()), (vec![1, 2], vec![1, 2]));
+            assert_eq!(s.load_tail_average(&first).unwrap().params, vec![2.0; 3]);
+            s.commit(3, 3, &layout(), &[5.0, 5.0, 5.0], 2).unwrap();
+            s.commit(4, 4, &layout(), &[8.0, 2.0, 5.0], 2).unwrap();
+            let second = s.commit_average_of_last(3).unwrap().unwrap();
+            assert_eq!(second.versions, vec![2, 3, 4]);
+            // The superseded average's blob is gone; only the recorded one remains.
+            assert!(matches!(s.load_tail_average(&first), Err(StateError::Io { .. })));
+        }
+        let s = AggregatorState::open(dir.path()).unwrap();
+        let averaged = s.tail_average().unwrap().unwrap();
+        let model = s.load_tail_average(&averaged).unwrap();
+        assert_eq!(model.params, vec![16.0 / 3.0, 3.0, 11.0 / 3.0]);
+        assert_eq!((model.version, model.layout), (4, layout()));
+        assert_eq!(model.content_hash, averaged.content_hash);
+        // Computing without committing gives the same model, and k = 1 is the last model.
+        let (again, snapshot) = s.average_of_last(3).unwrap().unwrap();
+        assert_eq!((again, snapshot.blob), (averaged.clone(), model.blob));
+        assert_eq!(s.average_of_last(1).unwrap().unwrap().1.params, vec![8.0, 2.0, 5.0]);
+        // A damaged averaged blob is refused, not served.
+        let path = dir.path().join("models/average-v00000004-last3.bin");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        assert!(matches!(s.load_tail_average(&averaged), Err(StateError::CorruptBlob { .. })));
     }
 
     #[test]
