@@ -10,6 +10,8 @@
 #   fed_f32    quickstart, FedAvg, ${ROUNDS:-20} rounds, f32 updates, constant learning rate
 #   fed_b32e4  the same with 4 local epochs of batch 32 per round, serving the version the
 #              stores' pooled validation ranked best (also reports the last round's model)
+#   fed_tail30 the first recipe for 30 rounds, serving the average of the last K models, K
+#              chosen on the stores' validation shoppers (`--serve tail-average:auto`)
 #   fed_f32_cos  the same with the aggregator's cosine learning-rate schedule over the rounds
 #   fed_f16    the same for ${ENC_ROUNDS:-10} rounds, f16 updates
 #   fed_int8   the same for ${ENC_ROUNDS:-10} rounds, int8 updates
@@ -34,7 +36,7 @@ if [[ ! -f "$DATA/u.data" ]]; then
   echo "skipping: no MovieLens-100K at $DATA (GroupLens terms forbid shipping it)" >&2
   exit 0
 fi
-only="fed_f32,fed_b32e4,fed_f32_cos,fed_f16,fed_int8,fed_dp8,fed_central8,fed_ft,local"
+only="fed_f32,fed_b32e4,fed_tail30,fed_f32_cos,fed_f16,fed_int8,fed_dp8,fed_central8,fed_ft,local"
 case "${1:-}" in
   --only) only="$2" ;;
   --render) only="" ;;
@@ -62,6 +64,7 @@ for run in ${only//,/ }; do
     fed_f32) quickstart fed_f32 --rounds "$ROUNDS" --encoding f32 --lr-schedule constant ;;
     fed_b32e4) run_quickstart fed_b32e4 --rounds "$ROUNDS" --encoding f32 --lr-schedule constant \
       --local-epochs 4 --batch-size 32 --lr 3e-3 --serve best-validated ;;
+    fed_tail30) quickstart fed_tail30 --rounds 30 --encoding f32 --lr-schedule constant --serve tail-average:auto ;;
     fed_f32_cos) quickstart fed_f32_cos --rounds "$ROUNDS" --encoding f32 --lr-schedule cosine ;;
     fed_f16) quickstart fed_f16 --rounds "$ENC_ROUNDS" --encoding f16 --lr-schedule constant ;;
     fed_int8) quickstart fed_int8 --rounds "$ENC_ROUNDS" --encoding int8 --lr-schedule constant ;;
