@@ -49,6 +49,45 @@ def replace_section(md: str, tag: str, table: str) -> str:
     return md[:b] + block + md[e + len(end):] if 0 <= b < e else md.rstrip() + "\n\n" + block + "\n"
 
 
+def seed_cells(r):
+    """A served run's test metrics, worst store and last model: the cells every served-model
+    table shares."""
+    f, last = r["final"], r["last"]
+    w = f.get("worst_store") or {}
+    return (" | ".join(f"{f[k]:.4f}" for k in ["hr10_full", "ndcg10_full", "hr10_sampled", "ndcg10_sampled"])
+            + f" | {w.get('hr10', float('nan')):.4f} ({w.get('store', '?')}) | {last['hr10_full']:.4f} | "
+            f"{last['ndcg10_full']:.4f}")
+
+
+def mean_cells(reports):
+    """The mean ± std of `seed_cells` over the seeds (the served HR@10 in bold)."""
+    return (f"**{cell([r['final']['hr10_full'] for r in reports])}** | {cell([r['final']['ndcg10_full'] for r in reports])} | "
+            f"{cell([r['final']['hr10_sampled'] for r in reports])} | {cell([r['final']['ndcg10_sampled'] for r in reports])} | "
+            f"{cell([(r['final'].get('worst_store') or {}).get('hr10', float('nan')) for r in reports])} | "
+            f"{cell([r['last']['hr10_full'] for r in reports])} | {cell([r['last']['ndcg10_full'] for r in reports])}")
+
+
+def ratio_sentence(reports, central, local_hr, last_label, local_where):
+    m = mean_std([r["final"]["hr10_full"] for r in reports])[0]
+    last = mean_std([r["last"]["hr10_full"] for r in reports])[0]
+    ratios = []
+    if central:
+        ratios.append(f"served / centralized HR@10 = {m / central[0]:.3f} ({last_label}: {last / central[0]:.3f}; "
+                      f"centralized {central[0]:.4f}, the quality table's fused row)")
+    if local_hr:
+        ratios.append(f"served / local-only = {m / local_hr:.2f} (local-only {local_hr:.4f}{local_where})")
+    return "\n" + "; ".join(ratios) + "." if ratios else None
+
+
+def per_store_table(reports):
+    out = ["\nHR@10 (full) of the served model per store (mean over the seeds):\n", "| store | shoppers | served |", "|---|---|---|"]
+    r0 = reports[0]
+    for st in sorted(r0["final"]["per_store"]):
+        served = [r["final"]["per_store"][st]["hr10"] for r in reports if st in r["final"]["per_store"]]
+        out.append(f"| {st} | {r0['final']['per_store'][st]['cases']} | {cell(served)} |")
+    return out
+
+
 def served_section(reports, central, local_hr, note):
     """The federation that serves the best federated-validated version, seed by seed, beside the
     last round's model of the same runs."""
@@ -69,34 +108,19 @@ def served_section(reports, central, local_hr, note):
                "HR@10 sampled | NDCG@10 sampled | worst store HR@10 | last model HR@10 full | last NDCG@10 full | wall s |")
     out.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in reports:
-        f, last = r["final"], r["last"]
+        f = r["final"]
         val = [x.get("federated_validation_hr10") for x in r["rounds"] if x.get("version") == f["version"]]
-        w = f.get("worst_store") or {}
         rounds_of = [x["round"] for x in r["rounds"] if x.get("version") == f["version"]]
         out.append(
             f"| {r['config']['seed']} | {f['version']} (after round {rounds_of[0] if rounds_of else '?'}) | "
             + (f"{val[0]:.4f}" if val and val[0] is not None else "–") + " | "
-            + " | ".join(f"{f[k]:.4f}" for k in ["hr10_full", "ndcg10_full", "hr10_sampled", "ndcg10_sampled"])
-            + f" | {w.get('hr10', float('nan')):.4f} ({w.get('store', '?')}) | {last['hr10_full']:.4f} | "
-            f"{last['ndcg10_full']:.4f} | {f['seconds']:.0f} |"
+            + seed_cells(r) + f" | {f['seconds']:.0f} |"
         )
-    hr = [r["final"]["hr10_full"] for r in reports]
-    last = [r["last"]["hr10_full"] for r in reports]
-    out.append(
-        f"| **mean ± std** | | | **{cell(hr)}** | {cell([r['final']['ndcg10_full'] for r in reports])} | "
-        f"{cell([r['final']['hr10_sampled'] for r in reports])} | {cell([r['final']['ndcg10_sampled'] for r in reports])} | "
-        f"{cell([(r['final'].get('worst_store') or {}).get('hr10', float('nan')) for r in reports])} | {cell(last)} | "
-        f"{cell([r['last']['ndcg10_full'] for r in reports])} | {mean_std([r['final']['seconds'] for r in reports])[0]:.0f} |"
-    )
-    m = mean_std(hr)[0]
-    ratios = []
-    if central:
-        ratios.append(f"served / centralized HR@10 = {m / central[0]:.3f} (last: {mean_std(last)[0] / central[0]:.3f}; "
-                      f"centralized {central[0]:.4f}, the quality table's fused row)")
-    if local_hr:
-        ratios.append(f"served / local-only = {m / local_hr:.2f} (local-only {local_hr:.4f}, the table above)")
+    out.append(f"| **mean ± std** | | | {mean_cells(reports)} | "
+               f"{mean_std([r['final']['seconds'] for r in reports])[0]:.0f} |")
+    ratios = ratio_sentence(reports, central, local_hr, "last", ", the table above")
     if ratios:
-        out.append("\n" + "; ".join(ratios) + ".")
+        out.append(ratios)
     out.append(f"\nSeed {r0['config']['seed']} by round: test HR@10 (full) of the model after the round, and the "
                "federated validation HR@10 the stores measured for it when it was offered next:\n")
     rows = [x for x in r0["rounds"] if x["round"] > 0]
@@ -105,13 +129,7 @@ def served_section(reports, central, local_hr, note):
     out.append("| test HR@10 | " + " | ".join(f"{x['hr10_full']:.4f}" for x in rows) + " |")
     out.append("| validation HR@10 | " + " | ".join(
         f"{x['federated_validation_hr10']:.4f}" if x.get("federated_validation_hr10") is not None else "–" for x in rows) + " |")
-    stores = sorted(r0["final"]["per_store"])
-    out.append("\nHR@10 (full) of the served model per store (mean over the seeds):\n")
-    out.append("| store | shoppers | served |")
-    out.append("|---|---|---|")
-    for st in stores:
-        served = [r["final"]["per_store"][st]["hr10"] for r in reports if st in r["final"]["per_store"]]
-        out.append(f"| {st} | {r0['final']['per_store'][st]['cases']} | {cell(served)} |")
+    out.extend(per_store_table(reports))
     return "\n".join(out) + "\n"
 
 
@@ -143,34 +161,18 @@ def tail_section(reports, central, local_hr, note):
         return best
     r20 = []
     for r in reports:
-        f, last, b = r["final"], r["last"], chosen(r)
-        w = f.get("worst_store") or {}
+        b = chosen(r)
         a20 = at_round(r, 20)
         r20.append(a20["hr10_full"] if a20 else float("nan"))
         out.append(
             f"| {r['config']['seed']} | {b['k']} ({b['rounds'][0]}–{b['rounds'][-1]}) | {b['validation_hr10_full']:.4f} | "
-            + " | ".join(f"{f[k]:.4f}" for k in ["hr10_full", "ndcg10_full", "hr10_sampled", "ndcg10_sampled"])
-            + f" | {w.get('hr10', float('nan')):.4f} ({w.get('store', '?')}) | {last['hr10_full']:.4f} | "
-            f"{last['ndcg10_full']:.4f} | {r20[-1]:.4f} | {f['seconds']:.0f} |"
+            + seed_cells(r) + f" | {r20[-1]:.4f} | {r['final']['seconds']:.0f} |"
         )
-    hr = [r["final"]["hr10_full"] for r in reports]
-    last = [r["last"]["hr10_full"] for r in reports]
-    out.append(
-        f"| **mean ± std** | | | **{cell(hr)}** | {cell([r['final']['ndcg10_full'] for r in reports])} | "
-        f"{cell([r['final']['hr10_sampled'] for r in reports])} | {cell([r['final']['ndcg10_sampled'] for r in reports])} | "
-        f"{cell([(r['final'].get('worst_store') or {}).get('hr10', float('nan')) for r in reports])} | {cell(last)} | "
-        f"{cell([r['last']['ndcg10_full'] for r in reports])} | {cell(r20)} | "
-        f"{mean_std([r['final']['seconds'] for r in reports])[0]:.0f} |"
-    )
-    m = mean_std(hr)[0]
-    ratios = []
-    if central:
-        ratios.append(f"served / centralized HR@10 = {m / central[0]:.3f} (last model: {mean_std(last)[0] / central[0]:.3f}; "
-                      f"centralized {central[0]:.4f}, the quality table's fused row)")
-    if local_hr:
-        ratios.append(f"served / local-only = {m / local_hr:.2f} (local-only {local_hr:.4f})")
+    out.append(f"| **mean ± std** | | | {mean_cells(reports)} | {cell(r20)} | "
+               f"{mean_std([r['final']['seconds'] for r in reports])[0]:.0f} |")
+    ratios = ratio_sentence(reports, central, local_hr, "last model", "")
     if ratios:
-        out.append("\n" + "; ".join(ratios) + ".")
+        out.append(ratios)
     diffs = [r["final"]["hr10_full"] - r["last"]["hr10_full"] for r in reports]
     out.append(
         f"\nServed minus last model, HR@10 (full), seed by seed: {', '.join(f'{d:+.4f}' for d in diffs)}. "
@@ -186,13 +188,7 @@ def tail_section(reports, central, local_hr, note):
         by_k = {x["k"]: x for x in r.get("tail_average_candidates") or []}
         out.append(f"| {r['config']['seed']} | " + " | ".join(
             f"{by_k[k]['validation_hr10_full']:.4f} / {by_k[k]['hr10_full']:.4f}" if k in by_k else "–" for k in ks) + " |")
-    stores = sorted(reports[0]["final"]["per_store"])
-    out.append("\nHR@10 (full) of the served model per store (mean over the seeds):\n")
-    out.append("| store | shoppers | served |")
-    out.append("|---|---|---|")
-    for st in stores:
-        served = [r["final"]["per_store"][st]["hr10"] for r in reports if st in r["final"]["per_store"]]
-        out.append(f"| {st} | {reports[0]['final']['per_store'][st]['cases']} | {cell(served)} |")
+    out.extend(per_store_table(reports))
     return "\n".join(out) + "\n"
 
 

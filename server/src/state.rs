@@ -152,13 +152,18 @@ impl AggregatorState {
         self.dir.join("privacy-ledger.jsonl")
     }
 
-    pub fn committed(&self) -> Result<Option<Committed>, StateError> {
+    /// One JSON record of the meta table, if it was ever written.
+    fn meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StateError> {
         let r = db!(self.db.begin_read())?;
         let t = db!(r.open_table(META))?;
-        let Some(v) = db!(t.get("committed"))? else { return Ok(None) };
+        let Some(v) = db!(t.get(key))? else { return Ok(None) };
         serde_json::from_slice(v.value())
             .map(Some)
             .map_err(|e| StateError::Corrupt(e.to_string()))
+    }
+
+    pub fn committed(&self) -> Result<Option<Committed>, StateError> {
+        self.meta("committed")
     }
 
     /// Loads a committed model and checks its hash against the database.
@@ -292,14 +297,7 @@ impl AggregatorState {
 
     /// The version the stores' validation shoppers ranked best so far, if any reported.
     pub fn best_validated(&self) -> Result<Option<ValidatedModel>, StateError> {
-        let r = db!(self.db.begin_read())?;
-        let t = db!(r.open_table(META))?;
-        let Some(v) = db!(t.get("best_validated"))? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(v.value())
-            .map(Some)
-            .map_err(|e| StateError::Corrupt(e.to_string()))
+        self.meta("best_validated")
     }
 
     /// Loads a validated version's blob, checked against the hash it was validated with.
@@ -398,14 +396,7 @@ impl AggregatorState {
 
     /// The averaged model recorded last by [`Self::commit_average_of_last`], if any.
     pub fn tail_average(&self) -> Result<Option<AveragedModel>, StateError> {
-        let r = db!(self.db.begin_read())?;
-        let t = db!(r.open_table(META))?;
-        let Some(v) = db!(t.get("tail_average"))? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(v.value())
-            .map(Some)
-            .map_err(|e| StateError::Corrupt(e.to_string()))
+        self.meta("tail_average")
     }
 
     /// Loads the averaged model's blob, checked against its recorded hash.
