@@ -605,6 +605,10 @@ fn main() -> anyhow::Result<()> {
     let validation_cases: Vec<usize> = stores.iter().flat_map(|s| cases_of(s.index, Holdout::Validation)).collect();
     // Selection looks at validation only; the test numbers of every version are printed for
     // the reader, never consulted.
+    let last_e = evaluations
+        .get(&last_version)
+        .context("the last model was evaluated")?
+        .clone();
     let mut tail_candidates = Vec::new();
     let (served_version, served_why, e) = match (&service_report.best_validated, cli.serve) {
         (Some(b), Serve::BestValidated) => (
@@ -618,10 +622,7 @@ fn main() -> anyhow::Result<()> {
         (None, Serve::BestValidated) => (
             last_version,
             format!("the last (round {last_round}): no store reported validation"),
-            evaluations
-                .get(&last_version)
-                .context("the last model was evaluated")?
-                .clone(),
+            last_e.clone(),
         ),
         (_, Serve::TailAverage(_)) => {
             let averaged = service_report
@@ -649,7 +650,7 @@ fn main() -> anyhow::Result<()> {
                 let Some((averaged, snapshot)) = state.average_of_last(k)? else {
                     break;
                 };
-                if averaged.versions.len() < k && k > 1 {
+                if averaged.versions.len() < k {
                     break;
                 }
                 let val = evaluate(&snapshot, Holdout::Validation, &validation_cases)?;
@@ -677,19 +678,8 @@ fn main() -> anyhow::Result<()> {
                 test,
             )
         }
-        (_, Serve::Last) => (
-            last_version,
-            format!("the last (round {last_round})"),
-            evaluations
-                .get(&last_version)
-                .context("the last model was evaluated")?
-                .clone(),
-        ),
+        (_, Serve::Last) => (last_version, format!("the last (round {last_round})"), last_e.clone()),
     };
-    let last_e = evaluations
-        .get(&last_version)
-        .context("the last model was evaluated")?
-        .clone();
     println!(
         "served model: version {served_version}, {served_why}: HR@10 {:.4}, NDCG@10 {:.4} (last model: {:.4}, {:.4})",
         e.full.overall.mean.hit_rate, e.full.overall.mean.ndcg, last_e.full.overall.mean.hit_rate, last_e.full.overall.mean.ndcg
