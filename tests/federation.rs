@@ -475,13 +475,23 @@ async fn stores_reconnect_with_backoff_after_the_aggregator_is_lost_and_finish()
     task.abort();
     endpoint.close();
     drop(endpoint);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = AggregatorState::open(state.path())
-        .unwrap()
-        .committed()
-        .unwrap()
-        .unwrap()
-        .version;
+    // The aborted task lets go of the database at its next await, which an fsync in progress
+    // can delay well past any fixed sleep on a loaded disk: wait for the handle, with a deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let reopened = loop {
+        match AggregatorState::open(state.path()) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the lost aggregator kept its database: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let before = reopened.committed().unwrap().unwrap().version;
+    drop(reopened);
     assert!(before >= 1);
     // A new aggregator on the same address and state resumes for two more rounds; the stores
     // come back by themselves.
