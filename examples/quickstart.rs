@@ -82,6 +82,10 @@ struct Cli {
     lr_schedule: String,
     #[arg(long, default_value_t = 0.05)]
     min_lr_fraction: f32,
+    /// With `--lr-schedule cosine`: the share of --rounds offered the full --lr before the
+    /// decay starts (0: decay from round 1).
+    #[arg(long, default_value_t = 0.0)]
+    lr_hold_fraction: f64,
     /// Windows per local batch.
     #[arg(long, default_value_t = 32)]
     batch_size: u32,
@@ -403,6 +407,7 @@ fn main() -> anyhow::Result<()> {
             } else {
                 LearningRateSchedule::Cosine {
                     min_learning_rate: cli.lr * cli.min_lr_fraction,
+                    hold_rounds: (cli.rounds as f64 * cli.lr_hold_fraction.clamp(0.0, 1.0)).round() as u64,
                 }
             },
             capabilities: Capabilities {
@@ -740,7 +745,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(path) = cli.report {
         let report = json!({
             "data": cli.data.to_string(),
-            "config": {"rounds": cli.rounds, "local_epochs": cli.local_epochs, "lr": cli.lr, "lr_schedule": cli.lr_schedule, "min_lr_fraction": cli.min_lr_fraction, "batch_size": cli.batch_size,
+            "config": {"rounds": cli.rounds, "local_epochs": cli.local_epochs, "lr": cli.lr, "lr_schedule": cli.lr_schedule, "min_lr_fraction": cli.min_lr_fraction, "lr_hold_fraction": cli.lr_hold_fraction, "batch_size": cli.batch_size,
                 "server_optimizer": cli.server_optimizer, "server_lr": cli.server_lr, "encoding": cli.encoding,
                 "dim": cli.dim, "max_len": cli.max_len, "head": cli.head, "seed": cli.seed,
                 "target_epsilon": cli.target_epsilon, "store_level_epsilon": cli.store_level_epsilon, "delta": cli.delta, "platform_share": cli.platform_share, "serve": format!("{:?}", cli.serve)},

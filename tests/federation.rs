@@ -810,6 +810,7 @@ async fn offers_carry_the_scheduled_learning_rate() {
     let state = tempfile::tempdir().unwrap();
     let schedule = LearningRateSchedule::Cosine {
         min_learning_rate: 0.001,
+        hold_rounds: 0,
     };
     let f = federation_with(state.path(), options_with(policy(2, 2, 4), schedule));
     let rates: Vec<OfferedRates> = (0..2).map(|_| Default::default()).collect();

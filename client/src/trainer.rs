@@ -21,6 +21,7 @@ use fedfuse_model::evaluate::FusedScorer;
 use fedfuse_model::fit::{ModelShape, TITLE_LEN};
 use fedfuse_model::fused::{FusedConfig, FusedRecommender};
 use fedfuse_model::params::{export, import, unflatten};
+use fedfuse_model::seeded_draws::SeededDraws;
 use fedfuse_model::train::{TrainConfig, train_with};
 use fedfuse_model::window::CandidateConfig;
 use fedfuse_privacy::noise::GridGaussian;
@@ -208,6 +209,10 @@ impl LocalTrainer for FusedTrainer {
 
     fn train(&mut self, round: u64, shapes: &[TensorShape], params: &[f32], plan: &TrainingPlan) -> Result<LocalUpdate, String> {
         let started = std::time::Instant::now();
+        let seed = self.seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // Every random draw of this round (initialisation before import, dropout masks) comes
+        // from this store's seed, even beside other stores in one process.
+        let _draws = SeededDraws::hold(&self.device, seed);
         let shapes: Vec<(String, Vec<usize>)> = shapes
             .iter()
             .map(|(n, s)| (n.clone(), s.iter().map(|d| *d as usize).collect()))
@@ -246,7 +251,7 @@ impl LocalTrainer for FusedTrainer {
                     max_len: self.shape.max_len,
                     candidates: self.candidates,
                     proximal_mu: f64::from(plan.proximal_mu.unwrap_or(0.0)),
-                    seed: self.seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                    seed,
                     ..TrainConfig::default()
                 };
                 let (model, reports) = train_with(
@@ -316,5 +321,95 @@ impl LocalTrainer for FusedTrainer {
             metrics,
             privacy_spend: spend,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedfuse_model::sequence::EncoderKind;
+    use fedfuse_protocol::tensor::{UpdateEncoding, ValueEncoding};
+
+    fn tiny_store(seed: u64) -> FusedTrainer {
+        let features = ItemFeatures {
+            category: vec![1, 1, 2, 2, 3, 3, 1, 2],
+            brand: vec![1, 2, 1, 2, 1, 2, 1, 2],
+            price_band: vec![1, 2, 3, 1, 2, 3, 1, 2],
+            title: vec![vec![1, 2], vec![2], vec![3], vec![4, 1], vec![5], vec![], vec![6], vec![2, 6]],
+            genres: vec![vec![]; 8],
+        };
+        let sequences = (0..12u32).map(|s| (0..7).map(|k| (s * 3 + k) % 8).collect()).collect();
+        let shape = ModelShape {
+            dim: 8,
+            max_len: 6,
+            head: 4,
+            encoder: EncoderKind::Attention,
+            layers: 1,
+            heads: 2,
+            // Dropout draws a mask per step: the draws whose order must not matter.
+            dropout: 0.3,
+        };
+        let data = StoreData {
+            features,
+            sequences,
+            validation: None,
+        };
+        FusedTrainer::new(shape, data, Device::flex(), seed).with_candidates(CandidateConfig { in_batch: 3, uniform: 3 })
+    }
+
+    fn plan() -> TrainingPlan {
+        TrainingPlan {
+            work: LocalWork::Epochs(2),
+            learning_rate: 1e-2,
+            batch_size: 3,
+            proximal_mu: None,
+            update_encoding: UpdateEncoding::Dense(ValueEncoding::F32),
+            dp: None,
+        }
+    }
+
+    /// Two rounds of one store, from the same offered model each round.
+    fn two_rounds(mut store: FusedTrainer, start: &[fedfuse_model::params::NamedParam]) -> Vec<Vec<f32>> {
+        let shapes: Vec<TensorShape> = start
+            .iter()
+            .map(|p| (p.name.clone(), p.shape.iter().map(|d| *d as u32).collect()))
+            .collect();
+        let flat: Vec<f32> = start.iter().flat_map(|p| p.values.iter().copied()).collect();
+        (1..=2)
+            .map(|round| store.train(round, &shapes, &flat, &plan()).expect("trains").delta)
+            .collect()
+    }
+
+    /// The quickstart runs every store in one process: each store's update must depend on its
+    /// own seed and data only, not on how its training interleaves with the others'.
+    #[test]
+    fn a_store_trains_the_same_beside_other_stores_as_alone() {
+        let first = tiny_store(1);
+        let start = FusedTrainer::initial_model(first.shape, &first.data.features, &first.device);
+        let alone = two_rounds(first, &start);
+        assert!(alone[0].iter().any(|d| d.abs() > 1e-4), "training moved nothing");
+        // A different seed draws different dropout masks and negatives.
+        assert!(
+            two_rounds(tiny_store(2), &start) != alone,
+            "seeds 1 and 2 trained the same update"
+        );
+        for _ in 0..2 {
+            let start = &start;
+            let beside = std::thread::scope(|s| {
+                let others: Vec<_> = (2..4)
+                    .map(|seed| s.spawn(move || two_rounds(tiny_store(seed), start)))
+                    .collect();
+                let ours = s.spawn(move || two_rounds(tiny_store(1), start));
+                others.into_iter().for_each(|o| drop(o.join().unwrap()));
+                ours.join().unwrap()
+            });
+            let differing = beside
+                .iter()
+                .flatten()
+                .zip(alone.iter().flatten())
+                .filter(|(a, b)| a != b)
+                .count();
+            assert_eq!(differing, 0, "coordinates that changed beside other stores");
+        }
     }
 }

@@ -32,6 +32,7 @@ pub mod fused;
 pub mod item_tower;
 pub mod params;
 pub mod recommend;
+pub mod seeded_draws;
 pub mod sequence;
 pub mod train;
 pub mod window;

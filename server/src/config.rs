@@ -77,10 +77,12 @@ pub struct PlanSection {
     pub encoding: String,
     /// FedProx μ (0: plain local training).
     pub proximal_mu: f32,
-    /// `cosine` (from `learning_rate` down to `min_learning_rate` over `[round] rounds`) or
-    /// `constant`.
+    /// `cosine` (from `learning_rate`, after `hold_rounds` at it, down to `min_learning_rate`
+    /// at the end of `[round] rounds`) or `constant`.
     pub learning_rate_schedule: String,
     pub min_learning_rate: f32,
+    /// Rounds at the full `learning_rate` before the cosine starts.
+    pub hold_rounds: u64,
 }
 
 impl Default for PlanSection {
@@ -93,6 +95,7 @@ impl Default for PlanSection {
             proximal_mu: 0.0,
             learning_rate_schedule: "constant".into(),
             min_learning_rate: 1e-4,
+            hold_rounds: 0,
         }
     }
 }
@@ -104,6 +107,7 @@ impl PlanSection {
             "constant" => Ok(LearningRateSchedule::Constant),
             "cosine" if self.min_learning_rate.is_finite() && self.min_learning_rate >= 0.0 => Ok(LearningRateSchedule::Cosine {
                 min_learning_rate: self.min_learning_rate,
+                hold_rounds: self.hold_rounds,
             }),
             "cosine" => Err(format!("[plan] min_learning_rate {} must be ≥ 0", self.min_learning_rate)),
             other => Err(format!("[plan] learning_rate_schedule {other:?}: use cosine or constant")),
@@ -291,11 +295,13 @@ batch_size = {bs}
 encoding = "{enc}"
 # FedProx proximal term μ (0: plain local training).
 proximal_mu = {mu:?}
-# The rate offered round by round: "cosine" decays it from learning_rate in round 1 to
-# min_learning_rate after [round] rounds (constant when rounds = 0), as a centralized trainer's
-# schedule would; "constant" offers learning_rate every round.
+# The rate offered round by round: "cosine" keeps learning_rate for hold_rounds rounds, then
+# decays it to min_learning_rate after [round] rounds (constant when rounds = 0), as a
+# centralized trainer's schedule would; "constant" offers learning_rate every round. FedAvg
+# keeps improving at the full rate for long, so hold most of the run (BENCHMARKS.md).
 learning_rate_schedule = "{lrs}"
 min_learning_rate = {minlr:?}
+hold_rounds = {hold}
 
 [model]
 # The fused recommender every store trains; stores must configure the same [model].
@@ -359,6 +365,7 @@ tail_average = {tail}
             mu = pl.proximal_mu,
             lrs = pl.learning_rate_schedule,
             minlr = pl.min_learning_rate,
+            hold = pl.hold_rounds,
             dim = m.dim,
             max_len = m.max_len,
             head = m.head,
