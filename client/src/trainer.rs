@@ -17,11 +17,11 @@ use fedfuse_data::evaluate::{EvalAccumulator, Holdout, evaluate_into};
 use fedfuse_data::split::Split;
 use fedfuse_model::catalog::{CatalogTensors, ItemFeatures, Vocabulary};
 use fedfuse_model::dpsgd::{DpSgdConfig, train_dp_sgd};
+use fedfuse_model::dropout::seed_dropout_on_this_thread;
 use fedfuse_model::evaluate::FusedScorer;
 use fedfuse_model::fit::{ModelShape, TITLE_LEN};
 use fedfuse_model::fused::{FusedConfig, FusedRecommender};
 use fedfuse_model::params::{export, import, unflatten};
-use fedfuse_model::seeded_draws::SeededDraws;
 use fedfuse_model::train::{TrainConfig, train_with};
 use fedfuse_model::window::CandidateConfig;
 use fedfuse_privacy::noise::GridGaussian;
@@ -210,9 +210,9 @@ impl LocalTrainer for FusedTrainer {
     fn train(&mut self, round: u64, shapes: &[TensorShape], params: &[f32], plan: &TrainingPlan) -> Result<LocalUpdate, String> {
         let started = std::time::Instant::now();
         let seed = self.seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        // Every random draw of this round (initialisation before import, dropout masks) comes
-        // from this store's seed, even beside other stores in one process.
-        let _draws = SeededDraws::hold(&self.device, seed);
+        // This round's dropout masks come from this store's seed, even beside other stores in
+        // one process (the round trains on this thread from here to the end).
+        seed_dropout_on_this_thread(seed);
         let shapes: Vec<(String, Vec<usize>)> = shapes
             .iter()
             .map(|(n, s)| (n.clone(), s.iter().map(|d| *d as usize).collect()))

@@ -2,11 +2,11 @@
 //! written on [`Dense`] and [`Norm`] so that its weights can be expanded per shopper for
 //! DP-SGD (burn's `TransformerEncoder` keeps its weights 2-D).
 
-use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, softmax};
 
 use crate::dense::{Dense, DenseConfig, Norm, NormConfig};
+use crate::dropout::{SeededDropout, SeededDropoutConfig};
 
 #[derive(Config, Debug)]
 pub struct AttentionBlockConfig {
@@ -32,7 +32,7 @@ impl AttentionBlockConfig {
             norm_feed_forward: NormConfig::new(self.dim).init(device),
             feed_forward_in: DenseConfig::new(self.dim, 2 * self.dim).init(device),
             feed_forward_out: DenseConfig::new(2 * self.dim, self.dim).init(device),
-            dropout: DropoutConfig::new(self.dropout).init(),
+            dropout: SeededDropoutConfig::new(self.dropout).init(),
             heads: self.heads,
         }
     }
@@ -46,7 +46,7 @@ pub struct AttentionBlock {
     norm_feed_forward: Norm,
     feed_forward_in: Dense,
     feed_forward_out: Dense,
-    dropout: Dropout,
+    dropout: SeededDropout,
     heads: usize,
 }
 

@@ -11,12 +11,13 @@
 //! copy for the same reason: its biases would otherwise drift through the padding).
 
 use burn::module::Param;
-use burn::nn::{Dropout, DropoutConfig, Initializer, Lstm, LstmConfig};
+use burn::nn::{Initializer, Lstm, LstmConfig};
 use burn::prelude::*;
 use burn::tensor::Int;
 
 use crate::attention::{AttentionBlock, AttentionBlockConfig};
 use crate::dense::{Norm, NormConfig};
+use crate::dropout::{SeededDropout, SeededDropoutConfig};
 
 /// Which sequence encoder.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -71,7 +72,7 @@ impl SequenceEncoderConfig {
             },
             lstm: (!attention).then(|| LstmConfig::new(self.dim, self.dim, true).init(device)),
             norm: NormConfig::new(self.dim).init(device),
-            dropout: DropoutConfig::new(self.dropout).init(),
+            dropout: SeededDropoutConfig::new(self.dropout).init(),
             max_len: self.max_len,
         }
     }
@@ -84,7 +85,7 @@ pub struct SequenceEncoder {
     blocks: Vec<AttentionBlock>,
     lstm: Option<Lstm>,
     norm: Norm,
-    dropout: Dropout,
+    dropout: SeededDropout,
     max_len: usize,
 }
 

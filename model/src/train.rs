@@ -276,6 +276,8 @@ pub fn train_with(
         .init()
         .expect("a learning rate in (0, 1]");
     let mut rng = SplitMix(config.seed);
+    // Dropout masks follow from the seed too, whatever else trains in this process.
+    crate::dropout::seed_dropout_on_this_thread(config.seed ^ 0xD50F_0A7E_5EED_0001);
     let trainable = trainable_ids(&model, &config.trainable);
     let anchor = (config.proximal_mu > 0.0).then(|| Proximal::anchor(&model));
     let mut reports = Vec::new();

@@ -12,7 +12,6 @@ use fedfuse_model::finetune::fine_tune_fusion;
 use fedfuse_model::fit::{ModelShape, TITLE_LEN};
 use fedfuse_model::fused::FusedConfig;
 use fedfuse_model::params::{export, import, unflatten};
-use fedfuse_model::seeded_draws::SeededDraws;
 use fedfuse_model::train::TrainConfig;
 
 use crate::layout::ModelLayout;
@@ -56,9 +55,7 @@ impl FusionFineTuner {
 }
 
 impl FineTuner for FusionFineTuner {
-    fn fine_tune(&mut self, version: u64, layout: &ModelLayout, params: &[f32]) -> Result<FineTuned, String> {
-        // Its draws follow from the version alone, whatever else shares the process.
-        let _draws = SeededDraws::hold(&self.device, version);
+    fn fine_tune(&mut self, _version: u64, layout: &ModelLayout, params: &[f32]) -> Result<FineTuned, String> {
         let shapes: Vec<(String, Vec<usize>)> = layout
             .tensors()
             .iter()
