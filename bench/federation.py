@@ -192,6 +192,79 @@ def tail_section(reports, central, local_hr, note):
     return "\n".join(out) + "\n"
 
 
+def rounds_section(constant, held, central, local_hr, note):
+    """Where more rounds take the first recipe, with a constant rate and with a rate held for
+    most of the run and decayed over the rest, seed by seed."""
+    c = constant[0]["config"] if constant else held[0]["config"]
+    out = ["## Federation for 40 rounds, constant or late-decayed learning rate (MovieLens-100K, 11 ZIP stores)\n"]
+    hold = ""
+    if held:
+        h = held[0]["config"]
+        kept = round(h["rounds"] * h.get("lr_hold_fraction", 0.0))
+        hold = (f" *Held cosine* offers lr {h['lr']:g} for rounds 1–{kept + 1}, then decays it on a cosine towards "
+                f"{h['lr'] * h['min_lr_fraction']:.2g} after round {h['rounds']} "
+                f"(`--lr-schedule cosine --lr-hold-fraction {h['lr_hold_fraction']:g}`, `[plan] hold_rounds`).")
+    out.append(
+        f"`bench/federation.sh --only fed_rounds40,fed_hold40` (quickstart on loopback, as above): dim {c['dim']}, "
+        f"max_len {c['max_len']}, head {c['head']}; {c['rounds']} rounds of the first recipe ({c['local_epochs']} "
+        f"local epochs, batches of {c['batch_size']} windows, AdamW lr {c['lr']:g}, FedAvg weighted by examples), the "
+        "last model served." + hold + " *Rounds 31–40* is the mean test HR@10 of the models after rounds 31 to 40: the "
+        "level the global model circles, which one last model samples with a round-to-round spread of about ±0.005. "
+        + note + "\n"
+    )
+    out.append("| run | seed | HR@10 full | NDCG@10 full | HR@10 sampled | NDCG@10 sampled | worst store HR@10 | "
+               "HR@10 after round 20 | after round 30 | rounds 31–40 | HR@10 full, distinct last timestamps | wall s |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+    def level(r):
+        xs = [x["hr10_full"] for x in r["rounds"] if 31 <= x["round"] <= 40]
+        return sum(xs) / len(xs) if xs else float("nan")
+
+    def row(label, r):
+        f = r["final"]
+        w = f.get("worst_store") or {}
+        return (f"| {label} | {r['config']['seed']} | "
+                + " | ".join(f"{f[k]:.4f}" for k in ["hr10_full", "ndcg10_full", "hr10_sampled", "ndcg10_sampled"])
+                + f" | {w.get('hr10', float('nan')):.4f} ({w.get('store', '?')}) | "
+                + " | ".join(f"{at_round(r, k)['hr10_full']:.4f}" if at_round(r, k) else "–" for k in (20, 30))
+                + f" | {level(r):.4f} | {f.get('hr10_full_distinct_timestamps', float('nan')):.4f} | {f['seconds']:.0f} |")
+
+    for label, runs in (("constant", constant), ("held cosine", held)):
+        for r in runs:
+            out.append(row(label, r))
+        if len(runs) > 1:
+            col = lambda key: cell([r["final"][key] for r in runs])
+            at = lambda k: cell([at_round(r, k)["hr10_full"] for r in runs if at_round(r, k)])
+            out.append(f"| **{label}, mean ± std** | | **{col('hr10_full')}** | {col('ndcg10_full')} | "
+                       f"{col('hr10_sampled')} | {col('ndcg10_sampled')} | "
+                       f"{cell([(r['final'].get('worst_store') or {}).get('hr10', float('nan')) for r in runs])} | "
+                       f"{at(20)} | {at(30)} | {cell([level(r) for r in runs])} | "
+                       f"{col('hr10_full_distinct_timestamps')} | {mean_std([r['final']['seconds'] for r in runs])[0]:.0f} |")
+    if constant and central:
+        m = mean_std([r["final"]["hr10_full"] for r in constant])[0]
+        lv = mean_std([level(r) for r in constant])[0]
+        out.append(f"\nConstant, 40 rounds: last model / centralized HR@10 = {m / central[0]:.3f}, rounds 31–40 / "
+                   f"centralized = {lv / central[0]:.3f} (centralized {central[0]:.4f}, the quality table's fused row)"
+                   + (f"; last model / local-only = {m / local_hr:.2f} (local-only {local_hr:.4f})" if local_hr else "")
+                   + ".")
+    pairs = [(a, b) for a in constant for b in held if a["config"]["seed"] == b["config"]["seed"]]
+    if pairs:
+        a, b = pairs[0]
+        ks = [k for k in range(20, 41, 2) if at_round(a, k) and at_round(b, k)]
+        out.append(f"\nSeed {a['config']['seed']} by round, constant against held cosine (test HR@10 full; mean local "
+                   "train loss, which rises as the rate falls: a store's loss is measured while it trains, and a smaller "
+                   "step fits its own shoppers less within the round):\n")
+        out.append("| round | " + " | ".join(str(k) for k in ks) + " |")
+        out.append("|---" * (len(ks) + 1) + "|")
+        for label, r in (("constant HR@10", a), ("held cosine HR@10", b)):
+            out.append(f"| {label} | " + " | ".join(f"{at_round(r, k)['hr10_full']:.4f}" for k in ks) + " |")
+        for label, r in (("constant train loss", a), ("held cosine train loss", b)):
+            out.append(f"| {label} | " + " | ".join(f"{at_round(r, k)['train_loss']:.3f}" for k in ks) + " |")
+    if constant:
+        out.extend(per_store_table(constant))
+    return "\n".join(out) + "\n"
+
+
 def at_round(report, k):
     rows = [r for r in report["rounds"] if r["round"] == k]
     return rows[0] if rows else None
@@ -222,6 +295,13 @@ def main():
         table = tail_section(tail, central, local_only(md), args.note)
         print(table)
         md = replace_section(md, "federation-tail-average", table)
+        args.benchmarks.write_text(md)
+    constant = [r for r in (load(d, "fed_rounds40") for d in args.reports) if r]
+    held = [r for r in (load(d, "fed_hold40") for d in args.reports) if r]
+    if constant or held:
+        table = rounds_section(constant, held, central, local_only(md), args.note)
+        print(table)
+        md = replace_section(md, "federation-rounds", table)
         args.benchmarks.write_text(md)
     if not runs and not local:
         print("no reports of the main federation table under", args.reports)

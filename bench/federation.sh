@@ -12,6 +12,8 @@
 #              stores' pooled validation ranked best (also reports the last round's model)
 #   fed_tail30 the first recipe for 30 rounds, serving the average of the last K models, K
 #              chosen on the stores' validation shoppers (`--serve tail-average:auto`)
+#   fed_rounds40  the first recipe for 40 rounds, constant learning rate
+#   fed_hold40 the same, the rate held for 60% of the rounds, then decayed on a cosine
 #   fed_f32_cos  the same with the aggregator's cosine learning-rate schedule over the rounds
 #   fed_f16    the same for ${ENC_ROUNDS:-10} rounds, f16 updates
 #   fed_int8   the same for ${ENC_ROUNDS:-10} rounds, int8 updates
@@ -36,7 +38,7 @@ if [[ ! -f "$DATA/u.data" ]]; then
   echo "skipping: no MovieLens-100K at $DATA (GroupLens terms forbid shipping it)" >&2
   exit 0
 fi
-only="fed_f32,fed_b32e4,fed_tail30,fed_f32_cos,fed_f16,fed_int8,fed_dp8,fed_central8,fed_ft,local"
+only="fed_f32,fed_b32e4,fed_tail30,fed_rounds40,fed_hold40,fed_f32_cos,fed_f16,fed_int8,fed_dp8,fed_central8,fed_ft,local"
 case "${1:-}" in
   --only) only="$2" ;;
   --render) only="" ;;
@@ -65,6 +67,8 @@ for run in ${only//,/ }; do
     fed_b32e4) run_quickstart fed_b32e4 --rounds "$ROUNDS" --encoding f32 --lr-schedule constant \
       --local-epochs 4 --batch-size 32 --lr 3e-3 --serve best-validated ;;
     fed_tail30) quickstart fed_tail30 --rounds 30 --encoding f32 --lr-schedule constant --serve tail-average:auto ;;
+    fed_rounds40) quickstart fed_rounds40 --rounds 40 --encoding f32 --lr-schedule constant ;;
+    fed_hold40) quickstart fed_hold40 --rounds 40 --encoding f32 --lr-schedule cosine --lr-hold-fraction 0.6 --min-lr-fraction 0.05 ;;
     fed_f32_cos) quickstart fed_f32_cos --rounds "$ROUNDS" --encoding f32 --lr-schedule cosine ;;
     fed_f16) quickstart fed_f16 --rounds "$ENC_ROUNDS" --encoding f16 --lr-schedule constant ;;
     fed_int8) quickstart fed_int8 --rounds "$ENC_ROUNDS" --encoding int8 --lr-schedule constant ;;

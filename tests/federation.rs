@@ -598,6 +598,7 @@ mod private {
     /// along with the ledger as it stood when that message arrived.
     async fn one_round(
         epsilon_max: f64,
+        guarded: bool,
     ) -> (
         Message,
         Vec<fedfuse_privacy::LedgerEntry>,
@@ -695,7 +696,7 @@ mod private {
                     offered_rates: Default::default(),
                     validation: None,
                 };
-                run_private_session(&conn, &mut trainer, &opts, Some(&mut guard))
+                run_private_session(&conn, &mut trainer, &opts, guarded.then_some(&mut guard))
                     .await
                     .unwrap()
             }
@@ -706,7 +707,7 @@ mod private {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_ledger_entry_is_on_disk_before_the_update_is_sent() {
-        let (reply, ledger, report, _, _dir) = one_round(20.0).await;
+        let (reply, ledger, report, _, _dir) = one_round(20.0, true).await;
         let Message::UpdateUpload(upload) = reply else {
             panic!("expected an update, got {reply:?}")
         };
@@ -728,12 +729,27 @@ mod private {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_store_over_budget_refuses_to_train_and_says_why() {
         // One Gaussian release at z ≈ 1 costs ε ≈ 4.5 at δ = 1e-5: a budget of 1 cannot pay.
-        let (reply, ledger, report, _, _dir) = one_round(1.0).await;
+        let (reply, ledger, report, _, _dir) = one_round(1.0, true).await;
         let Message::Bye(bye) = reply else {
             panic!("expected a goodbye, got {reply:?}")
         };
         assert!(bye.reason.contains("refuses to train"), "{}", bye.reason);
         assert!(ledger.is_empty(), "nothing charged");
+        assert!(report.trained_rounds.is_empty());
+        assert_eq!(report.refused.as_deref(), Some(bye.reason.as_str()));
+    }
+
+    /// A store configured without DP never trains a round that requires it: it says why and
+    /// leaves, and nothing of its data is sent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_without_dp_refuses_a_round_that_requires_it() {
+        let (reply, ledger, report, _, _dir) = one_round(20.0, false).await;
+        let Message::Bye(bye) = reply else {
+            panic!("expected a goodbye, got {reply:?}")
+        };
+        assert!(bye.reason.contains("requires store-level DP"), "{}", bye.reason);
+        assert!(bye.reason.contains("mode = \"store\""), "{}", bye.reason);
+        assert!(ledger.is_empty());
         assert!(report.trained_rounds.is_empty());
         assert_eq!(report.refused.as_deref(), Some(bye.reason.as_str()));
     }

@@ -39,6 +39,13 @@ pub trait LocalTrainer: Send {
         None
     }
 
+    /// Which DP this trainer applies to what it returns: `Some(PrivacyUnit::Shopper)` for
+    /// user-level DP-SGD. A round that requires DP the store applies neither here nor in its
+    /// client-level guard is refused, never trained without it.
+    fn privacy_unit(&self) -> Option<fedfuse_protocol::msgs::PrivacyUnit> {
+        None
+    }
+
     fn train(
         &mut self,
         round_id: u64,
@@ -134,7 +141,8 @@ pub async fn run_private_session(
                 let tensors = decode_model_blob(&blob).map_err(|e| AgentError::BadModel(e.to_string()))?;
                 let shapes: Vec<TensorShape> = tensors.iter().map(|(t, _)| (t.name.clone(), t.shape.clone())).collect();
                 let params: Vec<f32> = tensors.into_iter().flat_map(|(_, v)| v).collect();
-                if let Some(reason) = trainer.refuses(offer.round_id, &offer.plan) {
+                let unmet = unmet_requirement(offer.plan.dp.as_ref(), trainer.privacy_unit(), guard.is_some());
+                if let Some(reason) = unmet.or_else(|| trainer.refuses(offer.round_id, &offer.plan)) {
                     tracing::warn!(%reason, "not training");
                     let _ = conn.send(&Message::Bye(Bye { reason: reason.clone() })).await;
                     conn.close_gracefully("not training", Duration::from_secs(1)).await;
@@ -168,6 +176,13 @@ pub async fn run_private_session(
                     Some(guard) => Some(guard.privatize(offer.round_id, &offer.plan, &mut update.delta)?),
                     None => update.privacy_spend.take(),
                 };
+                if offer.plan.dp.is_some() && spend.is_none() {
+                    // A trainer that claimed DP and released nothing charged: never sent.
+                    return Err(AgentError::Training {
+                        round: offer.round_id,
+                        detail: "the round requires DP and training charged no privacy spend".into(),
+                    });
+                }
                 let mut upload = encode_update(&offer, &shapes, update, opts.rounding_seed)?;
                 upload.privacy_spend = spend;
                 let frame = Message::UpdateUpload(upload).encode().map_err(TransportError::from)?;
@@ -192,6 +207,32 @@ pub async fn run_private_session(
             other => tracing::warn!(kind = ?other.kind(), "unexpected message ignored"),
         }
     }
+}
+
+/// Why a store cannot meet the DP a round requires, if it cannot: user-level DP needs a trainer
+/// that applies it, client-level DP the store's guard.
+fn unmet_requirement(
+    required: Option<&fedfuse_protocol::msgs::DpRequirement>,
+    trainer_applies: Option<fedfuse_protocol::msgs::PrivacyUnit>,
+    guarded: bool,
+) -> Option<String> {
+    use fedfuse_protocol::msgs::PrivacyUnit;
+    let req = required?;
+    let met = match req.unit {
+        PrivacyUnit::Shopper => trainer_applies == Some(PrivacyUnit::Shopper),
+        PrivacyUnit::Store => guarded,
+    };
+    (!met).then(|| {
+        let mode = match req.unit {
+            PrivacyUnit::Shopper => "shopper",
+            PrivacyUnit::Store => "store",
+        };
+        format!(
+            "the round requires {mode}-level DP (noise multiplier ≥ {}, clip ≤ {}) and this store applies none; \
+             set [privacy] mode = \"{mode}\" to take part",
+            req.min_noise_multiplier, req.max_clip_norm
+        )
+    })
 }
 
 fn encode_update(

@@ -196,6 +196,10 @@ impl FusedTrainer {
 }
 
 impl LocalTrainer for FusedTrainer {
+    fn privacy_unit(&self) -> Option<fedfuse_protocol::msgs::PrivacyUnit> {
+        self.dp.as_ref().map(|_| fedfuse_protocol::msgs::PrivacyUnit::Shopper)
+    }
+
     fn refuses(&self, round_id: u64, plan: &TrainingPlan) -> Option<String> {
         match self.dp_round(round_id, plan)? {
             Err(e) => Some(e),

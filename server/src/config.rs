@@ -83,6 +83,28 @@ pub struct PlanSection {
     pub min_learning_rate: f32,
     /// Rounds at the full `learning_rate` before the cosine starts.
     pub hold_rounds: u64,
+    /// The weakest DP every store must apply (`[plan.dp]`); none when absent.
+    pub dp: Option<PlanDpSection>,
+}
+
+/// `[plan.dp]`: what the platform requires of every store's local DP. A store may always do
+/// more; one that applies less, or none, refuses the round instead of training, and an update
+/// that carries no privacy spend is rejected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanDpSection {
+    /// `shopper` (user-level DP-SGD inside the store) or `store` (the store's whole update).
+    pub unit: String,
+    pub min_noise_multiplier: f64,
+    pub max_clip_norm: f64,
+    /// Largest Poisson sampling rate of DP-SGD (1: no limit).
+    #[serde(default = "one")]
+    pub max_sampling_rate: f64,
+    pub delta: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl Default for PlanSection {
@@ -96,6 +118,7 @@ impl Default for PlanSection {
             learning_rate_schedule: "constant".into(),
             min_learning_rate: 1e-4,
             hold_rounds: 0,
+            dp: None,
         }
     }
 }
@@ -112,6 +135,40 @@ impl PlanSection {
             "cosine" => Err(format!("[plan] min_learning_rate {} must be ≥ 0", self.min_learning_rate)),
             other => Err(format!("[plan] learning_rate_schedule {other:?}: use cosine or constant")),
         }
+    }
+
+    /// The DP requirement every offer carries, checked for sense.
+    pub fn dp_requirement(&self) -> Result<Option<fedfuse_protocol::msgs::DpRequirement>, String> {
+        use fedfuse_protocol::msgs::{DpRequirement, NoiseMode, PrivacyUnit};
+        let Some(dp) = &self.dp else { return Ok(None) };
+        let unit = match dp.unit.as_str() {
+            "shopper" => PrivacyUnit::Shopper,
+            "store" => PrivacyUnit::Store,
+            other => return Err(format!("[plan.dp] unit {other:?}: use shopper or store")),
+        };
+        let positive = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(v)
+            } else {
+                Err(format!("[plan.dp] {name} = {v} must be a positive number"))
+            }
+        };
+        let max_sampling_rate = positive("max_sampling_rate", dp.max_sampling_rate)?;
+        if max_sampling_rate > 1.0 {
+            return Err(format!("[plan.dp] max_sampling_rate = {max_sampling_rate} must be at most 1"));
+        }
+        let delta = positive("delta", dp.delta)?;
+        if delta >= 1.0 {
+            return Err(format!("[plan.dp] delta = {delta} must be below 1"));
+        }
+        Ok(Some(DpRequirement {
+            unit,
+            noise_mode: NoiseMode::Local,
+            min_noise_multiplier: positive("min_noise_multiplier", dp.min_noise_multiplier)?,
+            max_clip_norm: positive("max_clip_norm", dp.max_clip_norm)?,
+            max_sampling_rate,
+            delta,
+        }))
     }
 
     pub fn update_encoding(&self) -> Result<fedfuse_protocol::tensor::UpdateEncoding, String> {
@@ -302,7 +359,7 @@ proximal_mu = {mu:?}
 learning_rate_schedule = "{lrs}"
 min_learning_rate = {minlr:?}
 hold_rounds = {hold}
-
+{plan_dp}
 [model]
 # The fused recommender every store trains; stores must configure the same [model].
 dim = {dim}
@@ -366,6 +423,7 @@ tail_average = {tail}
             lrs = pl.learning_rate_schedule,
             minlr = pl.min_learning_rate,
             hold = pl.hold_rounds,
+            plan_dp = plan_dp_block(pl.dp.as_ref()),
             dim = m.dim,
             max_len = m.max_len,
             head = m.head,
@@ -385,6 +443,24 @@ tail_average = {tail}
 }
 
 /// `[round.central_dp]` as TOML: the configured values, or a commented example.
+fn plan_dp_block(dp: Option<&PlanDpSection>) -> String {
+    let intro = "# Local DP every store must apply: unit \"shopper\" (user-level DP-SGD) or \"store\" (its\n\
+                 # whole update clipped and noised before it leaves). A store may do more; one that\n\
+                 # applies less or none refuses the round, and an update without a privacy spend is\n\
+                 # rejected. Absent: no requirement.\n";
+    match dp {
+        None => format!(
+            "{intro}# [plan.dp]\n# unit = \"store\"\n# min_noise_multiplier = 1.0\n# max_clip_norm = 1.0\n\
+             # max_sampling_rate = 1.0\n# delta = 1e-5\n"
+        ),
+        Some(d) => format!(
+            "{intro}[plan.dp]\nunit = \"{}\"\nmin_noise_multiplier = {:?}\nmax_clip_norm = {:?}\n\
+             max_sampling_rate = {:?}\ndelta = {:?}\n",
+            d.unit, d.min_noise_multiplier, d.max_clip_norm, d.max_sampling_rate, d.delta
+        ),
+    }
+}
+
 fn central_dp_block(dp: Option<&crate::central_dp::CentralDp>) -> String {
     let Some(dp) = dp else {
         return "# [round.central_dp]\n# noise_multiplier = 1.0\n# clip_norm = 1.0\n# expected_stores = 10.0\n\
@@ -451,6 +527,14 @@ mod tests {
         config.platform.hold_out = 0.25;
         config.serve.tail_average = 5;
         config.plan.learning_rate_schedule = "cosine".into();
+        config.plan.hold_rounds = 12;
+        config.plan.dp = Some(PlanDpSection {
+            unit: "shopper".into(),
+            min_noise_multiplier: 0.8,
+            max_clip_norm: 1.5,
+            max_sampling_rate: 0.05,
+            delta: 1e-4,
+        });
         config.round.central_dp = Some(crate::central_dp::CentralDp {
             noise_multiplier: 1.25,
             clip_norm: 0.5,
@@ -468,6 +552,65 @@ mod tests {
         assert_eq!(parsed, config);
         let defaults: ServerConfig = toml::from_str(&ServerConfig::default().to_commented_toml()).unwrap();
         assert_eq!(defaults, ServerConfig::default());
+    }
+
+    #[test]
+    fn a_plan_dp_section_becomes_the_offered_requirement_and_nonsense_is_an_error() {
+        use fedfuse_protocol::msgs::PrivacyUnit;
+        let parsed: ServerConfig =
+            toml::from_str("[plan.dp]\nunit = \"store\"\nmin_noise_multiplier = 1.1\nmax_clip_norm = 0.5\ndelta = 1e-5\n")
+                .unwrap();
+        let req = parsed.plan.dp_requirement().unwrap().expect("a requirement");
+        assert_eq!(req.unit, PrivacyUnit::Store);
+        assert_eq!(
+            (req.min_noise_multiplier, req.max_clip_norm, req.max_sampling_rate, req.delta),
+            (1.1, 0.5, 1.0, 1e-5)
+        );
+        assert_eq!(ServerConfig::default().plan.dp_requirement().unwrap(), None);
+        let bad = |dp: PlanDpSection| {
+            PlanSection {
+                dp: Some(dp),
+                ..PlanSection::default()
+            }
+            .dp_requirement()
+            .unwrap_err()
+        };
+        let ok = PlanDpSection {
+            unit: "store".into(),
+            min_noise_multiplier: 1.0,
+            max_clip_norm: 1.0,
+            max_sampling_rate: 1.0,
+            delta: 1e-5,
+        };
+        assert!(
+            bad(PlanDpSection {
+                unit: "user".into(),
+                ..ok.clone()
+            })
+            .contains("unit")
+        );
+        assert!(
+            bad(PlanDpSection {
+                min_noise_multiplier: f64::NAN,
+                ..ok.clone()
+            })
+            .contains("min_noise_multiplier")
+        );
+        assert!(
+            bad(PlanDpSection {
+                max_clip_norm: 0.0,
+                ..ok.clone()
+            })
+            .contains("max_clip_norm")
+        );
+        assert!(
+            bad(PlanDpSection {
+                max_sampling_rate: 2.0,
+                ..ok.clone()
+            })
+            .contains("max_sampling_rate")
+        );
+        assert!(bad(PlanDpSection { delta: 1.0, ..ok }).contains("delta"));
     }
 
     #[test]

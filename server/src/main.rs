@@ -298,7 +298,7 @@ fn main() -> anyhow::Result<()> {
                         batch_size: config.plan.batch_size,
                         proximal_mu: (config.plan.proximal_mu > 0.0).then_some(config.plan.proximal_mu),
                         update_encoding: config.plan.update_encoding().map_err(anyhow::Error::msg)?,
-                        dp: None,
+                        dp: config.plan.dp_requirement().map_err(anyhow::Error::msg)?,
                     },
                     schedule: config.plan.schedule().map_err(anyhow::Error::msg)?,
                     capabilities: Capabilities {

@@ -161,6 +161,9 @@ pub async fn run_aggregator_with(
         next_round,
         spill,
     );
+    if opts.plan.dp.is_some() {
+        coordinator = coordinator.requiring_privacy_spend();
+    }
     // Central DP: the aggregator's own ledger, beside its database; a broken chain stops it.
     let central = match &opts.policy.central_dp {
         Some(config) => {

@@ -14,6 +14,8 @@ pub struct UpdateRules {
     pub base_version: u64,
     /// Largest L2 norm of a whole update (norm bounding); `None` to skip.
     pub norm_bound: Option<f64>,
+    /// The round's plan requires DP: an update must account for its release.
+    pub requires_privacy_spend: bool,
 }
 
 /// A validated update: the flat delta in layout order and its weight.
@@ -36,6 +38,9 @@ pub fn validate(upload: &UpdateUpload, layout: &ModelLayout, rules: &UpdateRules
             expected: rules.base_version,
             got: upload.base_model_version,
         });
+    }
+    if rules.requires_privacy_spend && upload.privacy_spend.is_none() {
+        return Err(RejectionReason::PrivacyNotApplied);
     }
     let mut seen = vec![false; layout.tensors().len()];
     for t in &upload.tensors {
@@ -127,6 +132,7 @@ mod tests {
         round_id: 4,
         base_version: 9,
         norm_bound: Some(10.0),
+        requires_privacy_spend: false,
     };
 
     #[test]
@@ -196,5 +202,33 @@ mod tests {
             let err = validate(&up, &l, &RULES).unwrap_err();
             assert!(check(&err), "{err:?}");
         }
+    }
+
+    #[test]
+    fn a_round_that_requires_dp_takes_only_updates_that_account_for_it() {
+        let rules = UpdateRules {
+            requires_privacy_spend: true,
+            ..RULES
+        };
+        let good = || upload(vec![tensor("emb", &[3, 2], &[0.0; 6]), tensor("head", &[2], &[1.0, 0.0])]);
+        assert_eq!(
+            validate(&good(), &layout(), &rules).unwrap_err(),
+            RejectionReason::PrivacyNotApplied
+        );
+        let spent = UpdateUpload {
+            privacy_spend: Some(fedfuse_protocol::msgs::PrivacySpend {
+                noise_multiplier: 1.0,
+                sampling_rate: 1.0,
+                steps: 1,
+                clip_norm: 1.0,
+                delta: 1e-5,
+                epsilon_total: 4.5,
+                ledger_entry_hash: [7; 32],
+            }),
+            ..good()
+        };
+        assert_eq!(validate(&spent, &layout(), &rules).unwrap().delta[6], 1.0);
+        // Without the requirement, an update without a spend is taken as before.
+        assert!(validate(&good(), &layout(), &RULES).is_ok());
     }
 }

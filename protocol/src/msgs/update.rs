@@ -87,6 +87,9 @@ pub enum RejectionReason {
     Malformed {
         detail: String,
     },
+    /// The round requires DP and the update carries no privacy spend: whatever the store did,
+    /// it did not account for a release.
+    PrivacyNotApplied,
 }
 
 impl std::fmt::Display for RejectionReason {
@@ -107,6 +110,9 @@ impl std::fmt::Display for RejectionReason {
             RejectionReason::RoundClosed { round_id } => write!(f, "round {round_id} is closed"),
             RejectionReason::EncodingNotOffered => write!(f, "update encoding was not the one offered"),
             RejectionReason::Malformed { detail } => write!(f, "malformed update: {detail}"),
+            RejectionReason::PrivacyNotApplied => {
+                write!(f, "the round requires DP and the update carries no privacy spend")
+            }
         }
     }
 }

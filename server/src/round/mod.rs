@@ -159,6 +159,7 @@ pub struct RoundCoordinator {
     now_ms: u64,
     spill_dir: PathBuf,
     central: Option<CentralClipping>,
+    requires_privacy_spend: bool,
 }
 
 impl RoundCoordinator {
@@ -185,7 +186,15 @@ impl RoundCoordinator {
             now_ms: 0,
             spill_dir,
             central: None,
+            requires_privacy_spend: false,
         }
+    }
+
+    /// The plan requires DP of the stores: every update without a privacy spend is rejected
+    /// (`RejectionReason::PrivacyNotApplied`), never aggregated.
+    pub fn requiring_privacy_spend(mut self) -> Self {
+        self.requires_privacy_spend = true;
+        self
     }
 
     /// Runs every round under central DP: updates are clipped to `clip_norm` and summed, and
@@ -312,6 +321,7 @@ impl RoundCoordinator {
             round_id: round.id,
             base_version: self.version,
             norm_bound: self.policy.norm_bound,
+            requires_privacy_spend: self.requires_privacy_spend,
         };
         match validate(&upload, &self.layout, &rules) {
             Err(reason) => out.push(reject(reason)),

@@ -180,6 +180,39 @@ fn bad_updates_are_rejected_with_reasons_and_never_applied() {
 }
 
 #[test]
+fn a_plan_that_requires_dp_rejects_updates_without_a_privacy_spend() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = coordinator(policy(), &dir).requiring_privacy_spend();
+    connect(&mut c, &["a", "b", "c"]);
+    assert!(matches!(
+        &send(&mut c, "a", update(1, 0, [9.0, 9.0]))[0],
+        Action::Rejected {
+            reason: RejectionReason::PrivacyNotApplied,
+            ..
+        }
+    ));
+    let spent = |values| UpdateUpload {
+        privacy_spend: Some(fedfuse_protocol::msgs::PrivacySpend {
+            noise_multiplier: 1.0,
+            sampling_rate: 1.0,
+            steps: 1,
+            clip_norm: 1.0,
+            delta: 1e-5,
+            epsilon_total: 4.5,
+            ledger_entry_hash: [1; 32],
+        }),
+        ..update(1, 0, values)
+    };
+    for (store, v) in [("a", 1.0), ("b", 2.0)] {
+        assert!(matches!(&send(&mut c, store, spent([v, v]))[0], Action::Accepted { .. }));
+    }
+    let done = send(&mut c, "c", spent([3.0, 3.0]));
+    assert!(done.iter().any(|a| matches!(a, Action::Commit { updates: 3, .. })));
+    // The rejected 9.0 left no trace in the average.
+    assert_eq!(c.params(), &[2.0, 2.0]);
+}
+
+#[test]
 fn deadlines_close_with_quorum_or_fail_without_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = coordinator(policy(), &dir);
