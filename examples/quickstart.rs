@@ -37,7 +37,7 @@ use fedfuse_model::window::CandidateConfig;
 use fedfuse_privacy::Budget;
 use fedfuse_privacy::noise::{DEFAULT_GRID_EXPONENT, grid_inflation};
 use fedfuse_privacy::plan::{Accountant, noise_multiplier_for};
-use fedfuse_protocol::msgs::{Capabilities, LocalWork, TrainingPlan};
+use fedfuse_protocol::msgs::{Capabilities, DpRequirement, LocalWork, NoiseMode, PrivacyUnit, TrainingPlan};
 use fedfuse_protocol::tensor::{UpdateEncoding, ValueEncoding};
 use fedfuse_server::aggregate::AggregationRule;
 use fedfuse_server::aggregate::optimizer::ServerOptimizerConfig;
@@ -77,7 +77,8 @@ struct Cli {
     lr: f32,
     /// How the aggregator sets the local learning rate round by round: `constant` keeps --lr;
     /// `cosine` decays it from --lr in round 1 towards --lr × --min-lr-fraction after the last
-    /// round (on MovieLens-100K it measured no better than constant: BENCHMARKS.md).
+    /// round, after --lr-hold-fraction of the rounds at --lr (on MovieLens-100K neither a full nor
+    /// a late cosine measured better than constant: BENCHMARKS.md).
     #[arg(long, default_value = "constant", value_parser = ["cosine", "constant"])]
     lr_schedule: String,
     #[arg(long, default_value_t = 0.05)]
@@ -337,6 +338,19 @@ fn main() -> anyhow::Result<()> {
         )) as Box<dyn FineTuner>
     });
     let dp = cli.target_epsilon.is_some();
+    // The noise multiplier each store's size needs for ε over every round it will train
+    // (calibrated once: the PLD search takes seconds per store).
+    let sigmas: Vec<f64> = match cli.target_epsilon {
+        Some(epsilon) => stores
+            .iter()
+            .map(|st| {
+                let q = (cli.dp_batch / st.shoppers as f64).min(1.0);
+                let steps = cli.rounds * (f64::from(cli.local_epochs) / q).ceil() as u64;
+                noise_multiplier_for(epsilon * 0.99, cli.delta, q, steps, Accountant::Pld).map_err(anyhow::Error::msg)
+            })
+            .collect::<anyhow::Result<_>>()?,
+        None => Vec::new(),
+    };
     let central_dp = match cli.store_level_epsilon {
         None => None,
         Some(epsilon) => {
@@ -400,7 +414,17 @@ fn main() -> anyhow::Result<()> {
                 batch_size: cli.batch_size,
                 proximal_mu: None,
                 update_encoding: encoding(&cli.encoding)?,
-                dp: None,
+                // The platform requires user-level DP at least as strong as its largest store
+                // needs (the smallest σ): a store that applied less would refuse, and an update
+                // without its privacy spend would be rejected.
+                dp: dp.then(|| DpRequirement {
+                    unit: PrivacyUnit::Shopper,
+                    noise_mode: NoiseMode::Local,
+                    min_noise_multiplier: sigmas.iter().copied().fold(f64::INFINITY, f64::min),
+                    max_clip_norm: cli.clip_norm,
+                    max_sampling_rate: 1.0,
+                    delta: cli.delta,
+                }),
             },
             schedule: if cli.lr_schedule == "constant" {
                 LearningRateSchedule::Constant
@@ -455,11 +479,7 @@ fn main() -> anyhow::Result<()> {
                 trainer = trainer.forget_optimizer_state();
             }
             if let Some(epsilon) = cli.target_epsilon {
-                // The noise this store's size needs for ε over every round it will train.
-                let q = (cli.dp_batch / store.shoppers as f64).min(1.0);
-                let steps = cli.rounds * (f64::from(cli.local_epochs) / q).ceil() as u64;
-                let sigma =
-                    noise_multiplier_for(epsilon * 0.99, cli.delta, q, steps, Accountant::Pld).map_err(anyhow::Error::msg)?;
+                let sigma = sigmas[i];
                 let inflate = grid_inflation(cli.clip_norm, dims, DEFAULT_GRID_EXPONENT);
                 let policy = StorePrivacyPolicy {
                     budget: Budget {
