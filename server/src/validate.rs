@@ -94,7 +94,7 @@ pub fn validate(upload: &UpdateUpload, layout: &ModelLayout, rules: &UpdateRules
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use fedfuse_protocol::tensor::{NamedTensor, UpdateEncoding, ValueEncoding};
 
     use super::*;
@@ -204,6 +204,19 @@ mod tests {
         }
     }
 
+    /// A spend as a DP store's upload carries it (one Gaussian release at z = 1).
+    pub(crate) fn a_spend() -> fedfuse_protocol::msgs::PrivacySpend {
+        fedfuse_protocol::msgs::PrivacySpend {
+            noise_multiplier: 1.0,
+            sampling_rate: 1.0,
+            steps: 1,
+            clip_norm: 1.0,
+            delta: 1e-5,
+            epsilon_total: 4.5,
+            ledger_entry_hash: [7; 32],
+        }
+    }
+
     #[test]
     fn a_round_that_requires_dp_takes_only_updates_that_account_for_it() {
         let rules = UpdateRules {
@@ -216,15 +229,7 @@ mod tests {
             RejectionReason::PrivacyNotApplied
         );
         let spent = UpdateUpload {
-            privacy_spend: Some(fedfuse_protocol::msgs::PrivacySpend {
-                noise_multiplier: 1.0,
-                sampling_rate: 1.0,
-                steps: 1,
-                clip_norm: 1.0,
-                delta: 1e-5,
-                epsilon_total: 4.5,
-                ledger_entry_hash: [7; 32],
-            }),
+            privacy_spend: Some(a_spend()),
             ..good()
         };
         assert_eq!(validate(&spent, &layout(), &rules).unwrap().delta[6], 1.0);

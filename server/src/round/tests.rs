@@ -192,15 +192,7 @@ fn a_plan_that_requires_dp_rejects_updates_without_a_privacy_spend() {
         }
     ));
     let spent = |values| UpdateUpload {
-        privacy_spend: Some(fedfuse_protocol::msgs::PrivacySpend {
-            noise_multiplier: 1.0,
-            sampling_rate: 1.0,
-            steps: 1,
-            clip_norm: 1.0,
-            delta: 1e-5,
-            epsilon_total: 4.5,
-            ledger_entry_hash: [1; 32],
-        }),
+        privacy_spend: Some(crate::validate::tests::a_spend()),
         ..update(1, 0, values)
     };
     for (store, v) in [("a", 1.0), ("b", 2.0)] {
