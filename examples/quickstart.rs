@@ -90,12 +90,17 @@ struct Cli {
     /// Windows per local batch.
     #[arg(long, default_value_t = 32)]
     batch_size: u32,
-    /// Server optimiser: fedavg, fedadam, fedyogi or fedadagrad.
+    /// Server optimiser: fedavg, fedavgm (FedAvg with server momentum), fedadam, fedyogi or
+    /// fedadagrad.
     #[arg(long, default_value = "fedavg")]
     server_optimizer: String,
     /// Server learning rate.
     #[arg(long, default_value_t = 1.0)]
     server_lr: f32,
+    /// With `--server-optimizer fedavgm`: the momentum β of the server's velocity (the step on a
+    /// steady aggregate approaches --server-lr / (1 − β)).
+    #[arg(long, default_value_t = 0.9)]
+    server_momentum: f32,
     /// How updates travel: f32, f16 or int8.
     #[arg(long, default_value = "f32")]
     encoding: String,
@@ -181,9 +186,10 @@ impl std::str::FromStr for Serve {
 /// long ones for one that oscillates around where it converged.
 const TAIL_AVERAGE_CANDIDATES: [usize; 7] = [1, 2, 3, 5, 8, 10, 13];
 
-fn server_optimizer(name: &str, lr: f32) -> anyhow::Result<ServerOptimizerConfig> {
+fn server_optimizer(name: &str, lr: f32, momentum: f32) -> anyhow::Result<ServerOptimizerConfig> {
     Ok(match name {
         "fedavg" => ServerOptimizerConfig::FedAvg { lr },
+        "fedavgm" => ServerOptimizerConfig::FedAvgM { lr, momentum },
         "fedadam" => ServerOptimizerConfig::FedAdam {
             lr,
             beta1: 0.9,
@@ -201,7 +207,11 @@ fn server_optimizer(name: &str, lr: f32) -> anyhow::Result<ServerOptimizerConfig
             beta1: 0.0,
             tau: 1e-3,
         },
-        other => anyhow::bail!("unknown server optimiser {other:?}: use fedavg, fedadam, fedyogi or fedadagrad"),
+        other => anyhow::bail!("unknown server optimiser {other:?}: use fedavg, fedavgm, fedadam, fedyogi or fedadagrad"),
+    })
+    .and_then(|config| {
+        config.check().map_err(anyhow::Error::msg)?;
+        Ok(config)
     })
 }
 
@@ -401,7 +411,7 @@ fn main() -> anyhow::Result<()> {
             } else {
                 AggregationRule::ExampleWeightedMean
             },
-            optimizer: server_optimizer(&cli.server_optimizer, cli.server_lr)?,
+            optimizer: server_optimizer(&cli.server_optimizer, cli.server_lr, cli.server_momentum)?,
             fine_tune: platform.is_some(),
             central_dp: central_dp.clone(),
             ..RoundPolicy::default()
@@ -766,7 +776,7 @@ fn main() -> anyhow::Result<()> {
         let report = json!({
             "data": cli.data.to_string(),
             "config": {"rounds": cli.rounds, "local_epochs": cli.local_epochs, "lr": cli.lr, "lr_schedule": cli.lr_schedule, "min_lr_fraction": cli.min_lr_fraction, "lr_hold_fraction": cli.lr_hold_fraction, "batch_size": cli.batch_size,
-                "server_optimizer": cli.server_optimizer, "server_lr": cli.server_lr, "encoding": cli.encoding,
+                "server_optimizer": cli.server_optimizer, "server_lr": cli.server_lr, "server_momentum": cli.server_momentum, "encoding": cli.encoding,
                 "dim": cli.dim, "max_len": cli.max_len, "head": cli.head, "seed": cli.seed,
                 "target_epsilon": cli.target_epsilon, "store_level_epsilon": cli.store_level_epsilon, "delta": cli.delta, "platform_share": cli.platform_share, "serve": format!("{:?}", cli.serve)},
             "rounds": rounds,

@@ -290,6 +290,7 @@ fn main() -> anyhow::Result<()> {
                         let _ = stop.send(true);
                     }
                 });
+                config.round.optimizer.check().map_err(anyhow::Error::msg)?;
                 let opts = ServiceOptions {
                     policy: config.round.clone(),
                     plan: TrainingPlan {

@@ -1,22 +1,74 @@
 //! Server optimisers (Reddi et al. 2021, "Adaptive Federated Optimization"): the round's
 //! aggregate Δ is a pseudo-gradient; FedAvg adds η·Δ, the adaptive ones scale it per
 //! coordinate by a second-moment estimate v, which tames coordinates that only a few stores
-//! move (the rare items of an embedding table).
+//! move (the rare items of an embedding table). FedAvgM (Hsu et al. 2019, "Measuring the
+//! Effects of Non-Identical Data Distribution") keeps a heavy-ball velocity of the aggregates:
+//! on non-IID stores the averaged Δ shrinks as their directions disagree, and the velocity
+//! carries the direction they keep agreeing on across rounds.
 
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "optimizer", rename_all = "snake_case")]
 pub enum ServerOptimizerConfig {
-    FedAvg { lr: f32 },
-    FedAdagrad { lr: f32, beta1: f32, tau: f32 },
-    FedAdam { lr: f32, beta1: f32, beta2: f32, tau: f32 },
-    FedYogi { lr: f32, beta1: f32, beta2: f32, tau: f32 },
+    FedAvg {
+        lr: f32,
+    },
+    /// v ← β·v + Δ, x ← x + η·v: the effective step approaches η / (1 − β) on a steady Δ.
+    FedAvgM {
+        lr: f32,
+        momentum: f32,
+    },
+    FedAdagrad {
+        lr: f32,
+        beta1: f32,
+        tau: f32,
+    },
+    FedAdam {
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        tau: f32,
+    },
+    FedYogi {
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        tau: f32,
+    },
 }
 
 impl Default for ServerOptimizerConfig {
     fn default() -> Self {
         Self::FedAvg { lr: 1.0 }
+    }
+}
+
+impl ServerOptimizerConfig {
+    /// Rejects settings that would diverge or divide by zero before a round is run with them.
+    pub fn check(&self) -> Result<(), String> {
+        let (lr, betas, tau): (f32, &[(&str, f32)], Option<f32>) = match self {
+            Self::FedAvg { lr } => (*lr, &[], None),
+            Self::FedAvgM { lr, momentum } => (*lr, &[("momentum", *momentum)][..], None),
+            Self::FedAdagrad { lr, beta1, tau } => (*lr, &[("beta1", *beta1)][..], Some(*tau)),
+            Self::FedAdam { lr, beta1, beta2, tau } | Self::FedYogi { lr, beta1, beta2, tau } => {
+                (*lr, &[("beta1", *beta1), ("beta2", *beta2)][..], Some(*tau))
+            }
+        };
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(format!("[round] optimizer lr = {lr} must be a positive number"));
+        }
+        for (name, beta) in betas {
+            if !(0.0..1.0).contains(beta) {
+                return Err(format!("[round] optimizer {name} = {beta} must be in [0, 1)"));
+            }
+        }
+        if let Some(tau) = tau
+            && !(tau.is_finite() && tau > 0.0)
+        {
+            return Err(format!("[round] optimizer tau = {tau} must be a positive number"));
+        }
+        Ok(())
     }
 }
 
@@ -29,18 +81,19 @@ pub struct ServerOptimizer {
 
 impl ServerOptimizer {
     pub fn new(config: ServerOptimizerConfig, params: usize) -> Self {
-        let moments = !matches!(config, ServerOptimizerConfig::FedAvg { .. });
+        let first_moment = !matches!(config, ServerOptimizerConfig::FedAvg { .. });
+        let second_moment = first_moment && !matches!(config, ServerOptimizerConfig::FedAvgM { .. });
         let tau2 = match config {
-            ServerOptimizerConfig::FedAvg { .. } => 0.0,
+            ServerOptimizerConfig::FedAvg { .. } | ServerOptimizerConfig::FedAvgM { .. } => 0.0,
             ServerOptimizerConfig::FedAdagrad { tau, .. }
             | ServerOptimizerConfig::FedAdam { tau, .. }
             | ServerOptimizerConfig::FedYogi { tau, .. } => tau * tau,
         };
         Self {
             config,
-            m: if moments { vec![0.0; params] } else { Vec::new() },
+            m: if first_moment { vec![0.0; params] } else { Vec::new() },
             // v starts at τ² as in the paper's Algorithm 2.
-            v: if moments { vec![tau2; params] } else { Vec::new() },
+            v: if second_moment { vec![tau2; params] } else { Vec::new() },
         }
     }
 
@@ -50,6 +103,12 @@ impl ServerOptimizer {
             ServerOptimizerConfig::FedAvg { lr } => {
                 for (p, d) in params.iter_mut().zip(delta) {
                     *p += lr * d;
+                }
+            }
+            ServerOptimizerConfig::FedAvgM { lr, momentum } => {
+                for ((p, m), d) in params.iter_mut().zip(&mut self.m).zip(delta) {
+                    *m = momentum * *m + d;
+                    *p += lr * *m;
                 }
             }
             ServerOptimizerConfig::FedAdagrad { lr, beta1, tau } => {
@@ -100,6 +159,7 @@ mod tests {
     #[test]
     fn every_optimiser_reaches_the_optimum_of_a_quadratic() {
         assert!(converges(ServerOptimizerConfig::FedAvg { lr: 0.5 }) < 1e-4);
+        assert!(converges(ServerOptimizerConfig::FedAvgM { lr: 0.5, momentum: 0.5 }) < 1e-4);
         assert!(
             converges(ServerOptimizerConfig::FedAdagrad {
                 lr: 0.3,
@@ -130,5 +190,52 @@ mod tests {
         let mut x = [1.0f32, 2.0];
         ServerOptimizer::new(ServerOptimizerConfig::FedAvg { lr: 1.0 }, 2).step(&mut x, &[0.5, -1.0]);
         assert_eq!(x, [1.5, 1.0]);
+    }
+
+    #[test]
+    fn fedavgm_carries_the_previous_aggregates_with_its_momentum() {
+        let mut x = [0.0f32, 0.0];
+        let mut opt = ServerOptimizer::new(ServerOptimizerConfig::FedAvgM { lr: 0.5, momentum: 0.8 }, 2);
+        opt.step(&mut x, &[1.0, -2.0]);
+        // v = Δ₁, x = 0.5·Δ₁
+        assert_eq!(x, [0.5, -1.0]);
+        opt.step(&mut x, &[1.0, 0.0]);
+        // v = 0.8·(1, −2) + (1, 0) = (1.8, −1.6); x += 0.5·v
+        assert!((x[0] - 1.4).abs() < 1e-6 && (x[1] + 1.8).abs() < 1e-6, "{x:?}");
+        // With no new aggregate the velocity alone keeps moving the model, decaying by β.
+        opt.step(&mut x, &[0.0, 0.0]);
+        assert!((x[0] - (1.4 + 0.5 * 0.8 * 1.8)).abs() < 1e-6, "{x:?}");
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_with_the_key() {
+        assert!(ServerOptimizerConfig::default().check().is_ok());
+        let err = ServerOptimizerConfig::FedAvgM { lr: 1.0, momentum: 1.0 }.check().unwrap_err();
+        assert!(err.contains("momentum = 1"), "{err}");
+        let err = ServerOptimizerConfig::FedAvg { lr: f32::NAN }.check().unwrap_err();
+        assert!(err.contains("lr = NaN"), "{err}");
+        let err = ServerOptimizerConfig::FedAdam {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.99,
+            tau: 0.0,
+        }
+        .check()
+        .unwrap_err();
+        assert!(err.contains("tau = 0"), "{err}");
+    }
+
+    #[test]
+    fn fedavgm_with_zero_momentum_is_fedavg() {
+        let deltas = [[0.3f32, -1.0], [0.7, 0.2], [-0.4, 0.9]];
+        let mut a = [1.0f32, 2.0];
+        let mut b = a;
+        let mut plain = ServerOptimizer::new(ServerOptimizerConfig::FedAvg { lr: 0.7 }, 2);
+        let mut heavy = ServerOptimizer::new(ServerOptimizerConfig::FedAvgM { lr: 0.7, momentum: 0.0 }, 2);
+        for d in &deltas {
+            plain.step(&mut a, d);
+            heavy.step(&mut b, d);
+        }
+        assert_eq!(a, b);
     }
 }
