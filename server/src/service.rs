@@ -144,11 +144,11 @@ pub async fn run_aggregator_with(
         return Err(ServiceError::FineTuneUnavailable);
     }
     let fine_tuner = fine_tuner.map(|f| Arc::new(std::sync::Mutex::new(f)));
-    let (mut snapshot, next_round) = match state.committed()? {
-        Some(c) => (state.load(&c)?, c.next_round),
+    let (mut snapshot, next_round, moments) = match state.committed()? {
+        Some(c) => (state.load(&c)?, c.next_round, state.load_optimizer(&c)?),
         None => {
             let (layout, params) = initial.ok_or(ServiceError::NoModel)?;
-            (state.commit(0, 0, &layout, &params, 0)?, 1)
+            (state.commit(0, 0, &layout, &params, 0)?, 1, None)
         }
     };
     tracing::info!(version = snapshot.version, next_round, "aggregator starting");
@@ -161,6 +161,12 @@ pub async fn run_aggregator_with(
         next_round,
         spill,
     );
+    if let Some(moments) = moments
+        && let Err(why) = coordinator.resume_optimizer(moments)
+    {
+        // The model is intact; only the optimiser restarts, as it would after a policy change.
+        tracing::warn!(%why, "server optimiser starts from fresh moments");
+    }
     if opts.plan.dp.is_some() {
         coordinator = coordinator.requiring_privacy_spend();
     }
@@ -281,6 +287,7 @@ pub async fn run_aggregator_with(
                     version,
                     params,
                     updates,
+                    optimizer,
                 } => {
                     // The round's stores validated its base model: the one offered until now.
                     if let Some(validated) = tallies
@@ -297,7 +304,14 @@ pub async fn run_aggregator_with(
                             "federated validation"
                         );
                     }
-                    snapshot = state.commit(round_id, version, &snapshot.layout, &params, updates)?;
+                    snapshot = state.commit_with_optimizer(
+                        round_id,
+                        version,
+                        &snapshot.layout,
+                        &params,
+                        updates,
+                        optimizer.as_deref(),
+                    )?;
                     blob = Arc::new(std::mem::take(&mut snapshot.blob));
                     tracing::info!(round_id, version, updates, "round committed");
                     if opts.tail_average > 0

@@ -13,6 +13,7 @@ use fedfuse_protocol::tensor::{NamedTensor, UpdateEncoding, ValueEncoding};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::aggregate::optimizer::{ServerOptimizerConfig, ServerOptimizerState};
 use crate::layout::{ModelLayout, TensorSpec};
 use crate::pki::write_atomic;
 use crate::selection::ValidatedModel;
@@ -51,6 +52,14 @@ pub struct Committed {
     pub version: u64,
     pub next_round: u64,
     pub content_hash: [u8; 32],
+}
+
+/// The server optimiser's moments committed with a model version, in a blob beside it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct SavedOptimizer {
+    version: u64,
+    config: ServerOptimizerConfig,
+    content_hash: [u8; 32],
 }
 
 /// What the database remembers of a round.
@@ -105,6 +114,23 @@ pub fn encode_model(layout: &ModelLayout, params: &[f32]) -> Vec<u8> {
         })
         .collect();
     encode_model_blob(&tensors)
+}
+
+/// The moments as a two-tensor "model" (`m`, `v`; an empty moment is left out), so they are
+/// written and hash-checked like a model blob.
+fn moments_as_model(state: &ServerOptimizerState) -> (ModelLayout, Vec<f32>) {
+    let mut specs = Vec::new();
+    let mut values = Vec::with_capacity(state.m.len() + state.v.len());
+    for (name, moment) in [("m", &state.m), ("v", &state.v)] {
+        if !moment.is_empty() {
+            specs.push(TensorSpec {
+                name: name.into(),
+                shape: vec![moment.len() as u32],
+            });
+            values.extend_from_slice(moment);
+        }
+    }
+    (ModelLayout::new(specs), values)
 }
 
 /// Decodes a model blob into its layout and flat parameters.
@@ -196,6 +222,10 @@ impl AggregatorState {
         })
     }
 
+    fn optimizer_path(&self, version: u64) -> PathBuf {
+        self.dir.join("models").join(format!("v{version:08}.optimizer.bin"))
+    }
+
     /// Makes a model durable and records it; `round_id` 0 records the starting model.
     pub fn commit(
         &self,
@@ -205,9 +235,36 @@ impl AggregatorState {
         params: &[f32],
         updates: usize,
     ) -> Result<ModelSnapshot, StateError> {
+        self.commit_with_optimizer(round_id, version, layout, params, updates, None)
+    }
+
+    /// As [`Self::commit`], with the server optimiser's moments after the round, in the same
+    /// transaction: a resumed aggregator continues with the moments of the model it resumes.
+    pub fn commit_with_optimizer(
+        &self,
+        round_id: u64,
+        version: u64,
+        layout: &ModelLayout,
+        params: &[f32],
+        updates: usize,
+        optimizer: Option<&ServerOptimizerState>,
+    ) -> Result<ModelSnapshot, StateError> {
         let blob = encode_model(layout, params);
         let content_hash = fedfuse_protocol::content_hash(&blob);
         write_atomic(&self.blob_path(version), &blob, 0o644)?;
+        let saved = match optimizer {
+            Some(state) => {
+                let (moments_layout, values) = moments_as_model(state);
+                let moments = encode_model(&moments_layout, &values);
+                write_atomic(&self.optimizer_path(version), &moments, 0o600)?;
+                Some(SavedOptimizer {
+                    version,
+                    config: state.config,
+                    content_hash: fedfuse_protocol::content_hash(&moments),
+                })
+            }
+            None => None,
+        };
         let committed = Committed {
             version,
             next_round: round_id + 1,
@@ -227,6 +284,14 @@ impl AggregatorState {
         {
             let mut meta = db!(w.open_table(META))?;
             db!(meta.insert("committed", serde_json::to_vec(&committed).expect("serialises").as_slice()))?;
+            match &saved {
+                Some(saved) => {
+                    db!(meta.insert("optimizer", serde_json::to_vec(saved).expect("serialises").as_slice()))?;
+                }
+                None => {
+                    db!(meta.remove("optimizer"))?;
+                }
+            }
             let mut rounds = db!(w.open_table(ROUNDS))?;
             db!(rounds.insert(round_id, serde_json::to_vec(&record).expect("serialises").as_slice()))?;
         }
@@ -238,6 +303,29 @@ impl AggregatorState {
             layout: layout.clone(),
             params: params.to_vec(),
         })
+    }
+
+    /// The server optimiser's moments committed with `committed`, checked against their hash;
+    /// `None` when that version was committed without any (plain FedAvg, or an older state).
+    pub fn load_optimizer(&self, committed: &Committed) -> Result<Option<ServerOptimizerState>, StateError> {
+        let Some(saved) = self.meta::<SavedOptimizer>("optimizer")? else {
+            return Ok(None);
+        };
+        if saved.version != committed.version {
+            return Ok(None);
+        }
+        let path = self.optimizer_path(saved.version);
+        let snapshot = self.load_blob(path.clone(), saved.version, saved.content_hash)?;
+        let take = |name: &str| {
+            snapshot.layout.find(name).map_or(Vec::new(), |(index, offset)| {
+                snapshot.params[offset..offset + snapshot.layout.tensors()[index].len()].to_vec()
+            })
+        };
+        Ok(Some(ServerOptimizerState {
+            config: saved.config,
+            m: take("m"),
+            v: take("v"),
+        }))
     }
 
     /// Records an accepted update and the privacy spend it reported.
@@ -465,6 +553,48 @@ mod tests {
             name: "w".into(),
             shape: vec![3],
         }])
+    }
+
+    #[test]
+    fn the_server_optimisers_moments_reload_with_the_version_they_were_committed_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let moments = ServerOptimizerState {
+            config: ServerOptimizerConfig::FedAvgM { lr: 1.0, momentum: 0.9 },
+            m: vec![0.25, -1.5, 3.0],
+            v: Vec::new(),
+        };
+        {
+            let s = AggregatorState::open(dir.path()).unwrap();
+            s.commit(0, 0, &layout(), &[0.0; 3], 0).unwrap();
+            s.commit_with_optimizer(1, 1, &layout(), &[1.0; 3], 2, Some(&moments))
+                .unwrap();
+        }
+        let s = AggregatorState::open(dir.path()).unwrap();
+        let c = s.committed().unwrap().unwrap();
+        assert_eq!(s.load_optimizer(&c).unwrap(), Some(moments.clone()));
+        // Moments are of the version they were saved with, never of an older or newer one.
+        let older = Committed { version: 0, ..c.clone() };
+        assert_eq!(s.load_optimizer(&older).unwrap(), None);
+        // A later commit without moments (the policy switched to plain FedAvg) drops them.
+        s.commit(2, 2, &layout(), &[2.0; 3], 2).unwrap();
+        assert_eq!(s.load_optimizer(&s.committed().unwrap().unwrap()).unwrap(), None);
+
+        // A damaged moments file is an error naming it, not zero moments.
+        let s2 = {
+            let d = tempfile::tempdir().unwrap();
+            let s = AggregatorState::open(d.path()).unwrap();
+            s.commit_with_optimizer(1, 1, &layout(), &[1.0; 3], 2, Some(&moments))
+                .unwrap();
+            let path = d.path().join("models").join("v00000001.optimizer.bin");
+            let mut bytes = std::fs::read(&path).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0xff;
+            std::fs::write(&path, bytes).unwrap();
+            let err = s.load_optimizer(&s.committed().unwrap().unwrap()).unwrap_err();
+            assert!(err.to_string().contains("v00000001.optimizer.bin"), "{err}");
+            d
+        };
+        drop(s2);
     }
 
     #[test]

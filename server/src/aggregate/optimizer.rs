@@ -72,6 +72,17 @@ impl ServerOptimizerConfig {
     }
 }
 
+/// What a restarted aggregator needs to go on with the server optimiser where it stopped: the
+/// moments after the last committed round (empty for a moment the optimiser does not keep).
+/// Without them a resumed FedAvgM or FedAdam would restart its velocity from zero, and the
+/// run would no longer be the one it would have been uninterrupted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerOptimizerState {
+    pub config: ServerOptimizerConfig,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
 /// Optimiser state: O(model) for each moment it keeps.
 pub struct ServerOptimizer {
     config: ServerOptimizerConfig,
@@ -95,6 +106,41 @@ impl ServerOptimizer {
             // v starts at τ² as in the paper's Algorithm 2.
             v: if second_moment { vec![tau2; params] } else { Vec::new() },
         }
+    }
+
+    /// The moments to persist with a committed model; `None` for plain FedAvg, which keeps none.
+    pub fn state(&self) -> Option<ServerOptimizerState> {
+        (!self.m.is_empty() || !self.v.is_empty()).then(|| ServerOptimizerState {
+            config: self.config,
+            m: self.m.clone(),
+            v: self.v.clone(),
+        })
+    }
+
+    /// Continues from saved moments. They must be of the same optimiser (its settings may have
+    /// changed: an lr or β applies to the moments as they are) and of the model's size.
+    pub fn resume(config: ServerOptimizerConfig, params: usize, saved: ServerOptimizerState) -> Result<Self, String> {
+        if std::mem::discriminant(&config) != std::mem::discriminant(&saved.config) {
+            return Err(format!(
+                "the saved moments are of {:?}, the policy runs {config:?}",
+                saved.config
+            ));
+        }
+        let fresh = Self::new(config, params);
+        if saved.m.len() != fresh.m.len() || saved.v.len() != fresh.v.len() {
+            return Err(format!(
+                "the saved moments have {} + {} values, the model needs {} + {}",
+                saved.m.len(),
+                saved.v.len(),
+                fresh.m.len(),
+                fresh.v.len()
+            ));
+        }
+        Ok(Self {
+            config,
+            m: saved.m,
+            v: saved.v,
+        })
     }
 
     /// Applies one round's aggregate `delta` to the global `params`.
@@ -223,6 +269,56 @@ mod tests {
         .check()
         .unwrap_err();
         assert!(err.contains("tau = 0"), "{err}");
+    }
+
+    #[test]
+    fn an_optimiser_resumed_from_its_state_steps_as_if_never_stopped() {
+        let deltas = [[0.3f32, -1.0], [0.7, 0.2], [-0.4, 0.9], [0.1, 0.1]];
+        for config in [
+            ServerOptimizerConfig::FedAvgM { lr: 0.7, momentum: 0.9 },
+            ServerOptimizerConfig::FedAdam {
+                lr: 0.1,
+                beta1: 0.9,
+                beta2: 0.99,
+                tau: 1e-3,
+            },
+        ] {
+            let mut straight = [1.0f32, 2.0];
+            let mut opt = ServerOptimizer::new(config, 2);
+            deltas.iter().for_each(|d| opt.step(&mut straight, d));
+
+            let mut resumed = [1.0f32, 2.0];
+            let mut first = ServerOptimizer::new(config, 2);
+            deltas[..2].iter().for_each(|d| first.step(&mut resumed, d));
+            let saved = first.state().expect("moments kept");
+            let mut second = ServerOptimizer::resume(config, 2, saved.clone()).unwrap();
+            deltas[2..].iter().for_each(|d| second.step(&mut resumed, d));
+            assert_eq!(straight, resumed, "{config:?}");
+
+            // Restarting the moments from zero at the same model continues differently, so the
+            // comparison above can fail.
+            let mut restarted = [1.0f32, 2.0];
+            let mut before = ServerOptimizer::new(config, 2);
+            deltas[..2].iter().for_each(|d| before.step(&mut restarted, d));
+            let mut cold = ServerOptimizer::new(config, 2);
+            deltas[2..].iter().for_each(|d| cold.step(&mut restarted, d));
+            assert_ne!(straight, restarted, "{config:?}");
+
+            let wrong = ServerOptimizerConfig::FedAvg { lr: 1.0 };
+            assert!(
+                ServerOptimizer::resume(wrong, 2, saved.clone())
+                    .err()
+                    .unwrap()
+                    .contains("FedAvg")
+            );
+            assert!(
+                ServerOptimizer::resume(config, 3, saved)
+                    .err()
+                    .unwrap()
+                    .contains("model needs")
+            );
+        }
+        assert!(ServerOptimizer::new(ServerOptimizerConfig::default(), 2).state().is_none());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use rand_chacha::ChaCha8Rng;
 
 pub use policy::RoundPolicy;
 
-use crate::aggregate::optimizer::ServerOptimizer;
+use crate::aggregate::optimizer::{ServerOptimizer, ServerOptimizerState};
 use crate::aggregate::{AggregationRule, RoundAggregate};
 use crate::layout::ModelLayout;
 use crate::validate::{UpdateRules, validate};
@@ -94,6 +94,9 @@ pub enum Action {
         version: u64,
         params: Arc<Vec<f32>>,
         updates: usize,
+        /// The server optimiser's moments after this round, to persist with the model (none
+        /// for plain FedAvg).
+        optimizer: Option<Arc<ServerOptimizerState>>,
     },
     /// Fine-tune the aggregated model `version` on platform data, then send
     /// `Event::FineTuned`; the round commits (with the tuned parameters) only then.
@@ -190,6 +193,13 @@ impl RoundCoordinator {
         }
     }
 
+    /// Continues the server optimiser from the moments committed with the model it resumes
+    /// from. An error (another optimiser, another model size) leaves fresh moments in place.
+    pub fn resume_optimizer(&mut self, saved: ServerOptimizerState) -> Result<(), String> {
+        self.optimizer = ServerOptimizer::resume(self.policy.optimizer, self.layout.len(), saved)?;
+        Ok(())
+    }
+
     /// The plan requires DP of the stores: every update without a privacy spend is rejected
     /// (`RejectionReason::PrivacyNotApplied`), never aggregated.
     pub fn requiring_privacy_spend(mut self) -> Self {
@@ -282,6 +292,7 @@ impl RoundCoordinator {
                         version,
                         params: Arc::new(self.params.clone()),
                         updates,
+                        optimizer: self.optimizer.state().map(Arc::new),
                     });
                 }
             }
@@ -509,6 +520,7 @@ impl RoundCoordinator {
                 version: self.version,
                 params,
                 updates,
+                optimizer: self.optimizer.state().map(Arc::new),
             });
         }
     }

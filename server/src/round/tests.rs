@@ -5,6 +5,7 @@ use fedfuse_protocol::tensor::{NamedTensor, UpdateEncoding, ValueEncoding};
 
 use super::*;
 use crate::aggregate::AggregationRule;
+use crate::aggregate::optimizer::ServerOptimizerConfig;
 use crate::layout::TensorSpec;
 
 fn layout() -> ModelLayout {
@@ -90,6 +91,7 @@ fn three_stores_three_rounds() {
                 version,
                 params,
                 updates,
+                ..
             } => Some((*round_id, *version, params.clone(), *updates)),
             _ => None,
         });
@@ -277,7 +279,7 @@ fn fine_tuning_holds_the_next_round_and_its_result_is_the_next_base() {
     });
     assert!(
         next.iter().any(
-            |a| matches!(a, Action::Commit { round_id: 1, version: 1, params, updates: 3 } if params.as_slice() == [9.0, 9.0])
+            |a| matches!(a, Action::Commit { round_id: 1, version: 1, params, updates: 3, .. } if params.as_slice() == [9.0, 9.0])
         ),
         "{next:?}"
     );
@@ -430,4 +432,51 @@ fn a_release_refused_for_budget_ends_the_federation() {
     );
     assert!(offers(&out).is_empty());
     assert_eq!(c.version(), 0);
+}
+
+/// Runs round `round` (3 stores, fixed updates) and returns the commit's model and moments.
+fn momentum_round(c: &mut RoundCoordinator, round: u64) -> (Vec<f32>, Option<Arc<ServerOptimizerState>>) {
+    let mut all = Vec::new();
+    for (i, store) in ["a", "b", "c"].into_iter().enumerate() {
+        let d = [0.1 * (i as f32 + 1.0), round as f32 * 0.5 - i as f32];
+        all.extend(send(c, store, update(round, round - 1, d)));
+    }
+    all.into_iter()
+        .find_map(|a| match a {
+            Action::Commit { params, optimizer, .. } => Some((params.as_ref().clone(), optimizer)),
+            _ => None,
+        })
+        .expect("the round commits")
+}
+
+#[test]
+fn a_coordinator_resumed_with_its_committed_moments_continues_the_same_run() {
+    let momentum = RoundPolicy {
+        optimizer: ServerOptimizerConfig::FedAvgM { lr: 1.0, momentum: 0.9 },
+        quorum: 3,
+        ..policy()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut straight = coordinator(momentum.clone(), &dir);
+    connect(&mut straight, &["a", "b", "c"]);
+    let (_, _) = momentum_round(&mut straight, 1);
+    let (after_two, moments) = momentum_round(&mut straight, 2);
+    let moments = moments.expect("FedAvgM commits its velocity");
+    let (after_three, _) = momentum_round(&mut straight, 3);
+
+    // A restarted aggregator: the committed model of round 2 and its moments.
+    let mut resumed = RoundCoordinator::new(momentum.clone(), layout(), after_two.clone(), 2, 3, dir.path().to_owned());
+    resumed.resume_optimizer(moments.as_ref().clone()).unwrap();
+    connect(&mut resumed, &["a", "b", "c"]);
+    assert_eq!(momentum_round(&mut resumed, 3).0, after_three);
+
+    // Without the moments the same restart takes another step: what persisting them prevents.
+    let mut cold = RoundCoordinator::new(momentum, layout(), after_two, 2, 3, dir.path().to_owned());
+    connect(&mut cold, &["a", "b", "c"]);
+    assert_ne!(momentum_round(&mut cold, 3).0, after_three);
+
+    // Plain FedAvg keeps no moments, so it commits none.
+    let mut plain = coordinator(RoundPolicy { quorum: 3, ..policy() }, &dir);
+    connect(&mut plain, &["a", "b", "c"]);
+    assert!(momentum_round(&mut plain, 1).1.is_none());
 }
