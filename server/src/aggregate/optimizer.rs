@@ -322,6 +322,16 @@ mod tests {
     }
 
     #[test]
+    fn fedavgm_is_spelled_fed_avg_m_in_the_config() {
+        #[derive(serde::Deserialize)]
+        struct Round {
+            optimizer: ServerOptimizerConfig,
+        }
+        let r: Round = toml::from_str(r#"optimizer = { optimizer = "fed_avg_m", lr = 1.0, momentum = 0.9 }"#).unwrap();
+        assert_eq!(r.optimizer, ServerOptimizerConfig::FedAvgM { lr: 1.0, momentum: 0.9 });
+    }
+
+    #[test]
     fn fedavgm_with_zero_momentum_is_fedavg() {
         let deltas = [[0.3f32, -1.0], [0.7, 0.2], [-0.4, 0.9]];
         let mut a = [1.0f32, 2.0];
