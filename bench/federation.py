@@ -326,6 +326,7 @@ def server_step_section(screens, long, constant, central, local_hr, note):
                        + (f"{m / central[0]:.3f}" if central else "–") + " | "
                        + (f"{m / local_hr:.2f}" if local_hr else "–") + " | "
                        + ", ".join(f"{v:.4f}" for v in hr) + f" | {wall} |")
+        out.append(f"\nPer store, {step_of(long[0])}:")
         out.extend(per_store_table(long))
     return "\n".join(out) + "\n"
 
