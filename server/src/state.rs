@@ -280,6 +280,8 @@ impl AggregatorState {
                 .map_or(0, |d| d.as_millis() as u64),
             metrics: Vec::new(),
         };
+        // Only the moments of the last committed version are ever read back.
+        let superseded = self.meta::<SavedOptimizer>("optimizer")?.filter(|p| p.version != version);
         let w = db!(self.db.begin_write())?;
         {
             let mut meta = db!(w.open_table(META))?;
@@ -296,6 +298,10 @@ impl AggregatorState {
             db!(rounds.insert(round_id, serde_json::to_vec(&record).expect("serialises").as_slice()))?;
         }
         db!(w.commit())?;
+        if let Some(old) = superseded {
+            // The database no longer points at it; a file left by a failed removal is harmless.
+            let _ = std::fs::remove_file(self.optimizer_path(old.version));
+        }
         Ok(ModelSnapshot {
             version,
             blob,
@@ -575,9 +581,19 @@ mod tests {
         // Moments are of the version they were saved with, never of an older or newer one.
         let older = Committed { version: 0, ..c.clone() };
         assert_eq!(s.load_optimizer(&older).unwrap(), None);
-        // A later commit without moments (the policy switched to plain FedAvg) drops them.
-        s.commit(2, 2, &layout(), &[2.0; 3], 2).unwrap();
+        // A later commit replaces them and removes the superseded file.
+        let moved = ServerOptimizerState {
+            m: vec![1.0, 1.0, 1.0],
+            ..moments.clone()
+        };
+        s.commit_with_optimizer(2, 2, &layout(), &[2.0; 3], 2, Some(&moved)).unwrap();
+        assert_eq!(s.load_optimizer(&s.committed().unwrap().unwrap()).unwrap(), Some(moved));
+        let models = dir.path().join("models");
+        assert!(!models.join("v00000001.optimizer.bin").exists());
+        // A commit without moments (the policy switched to plain FedAvg) drops them.
+        s.commit(3, 3, &layout(), &[3.0; 3], 2).unwrap();
         assert_eq!(s.load_optimizer(&s.committed().unwrap().unwrap()).unwrap(), None);
+        assert!(!models.join("v00000002.optimizer.bin").exists());
 
         // A damaged moments file is an error naming it, not zero moments.
         let s2 = {
