@@ -137,6 +137,11 @@ struct Cli {
     /// fusion weights and head on them after each aggregation (0 turns fine-tuning off).
     #[arg(long, default_value_t = 0.0)]
     platform_share: f64,
+    /// FedProx: the weight μ of the proximal term (μ/2)·‖w − w_global‖² that each store adds
+    /// to its local loss, which holds its steps near the model it was offered (0: plain local
+    /// training).
+    #[arg(long, default_value_t = 0.0)]
+    proximal_mu: f32,
     /// Start each round with fresh AdamW moments (by default a store keeps its own).
     #[arg(long)]
     forget_optimizer: bool,
@@ -422,7 +427,14 @@ fn main() -> anyhow::Result<()> {
                 work: LocalWork::Epochs(cli.local_epochs),
                 learning_rate: cli.lr,
                 batch_size: cli.batch_size,
-                proximal_mu: None,
+                proximal_mu: {
+                    anyhow::ensure!(
+                        cli.proximal_mu.is_finite() && cli.proximal_mu >= 0.0,
+                        "--proximal-mu {} must be a number ≥ 0",
+                        cli.proximal_mu
+                    );
+                    (cli.proximal_mu > 0.0).then_some(cli.proximal_mu)
+                },
                 update_encoding: encoding(&cli.encoding)?,
                 // The platform requires user-level DP at least as strong as its largest store
                 // needs (the smallest σ): a store that applied less would refuse, and an update

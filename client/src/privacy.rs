@@ -62,6 +62,10 @@ impl StorePrivacy {
             }
             z = z.max(dp.min_noise_multiplier);
             clip = clip.min(dp.max_clip_norm);
+            // The charged σ is over the grid-rounded sensitivity: ask for enough that it, not
+            // only the σ asked for, meets the requirement (the aggregator checks the charge).
+            let inflation = fedfuse_privacy::noise::grid_inflation(clip, dims, self.policy.grid_exponent);
+            z = z.max(dp.min_noise_multiplier * inflation);
         }
         let noise = GridGaussian::new(z * clip, self.policy.grid_exponent)?;
         let release = Release {

@@ -159,6 +159,14 @@ impl FusedTrainer {
             let steps = (Self::epochs(plan) / q).ceil().max(1.0) as usize;
             let grid = fedfuse_privacy::noise::DEFAULT_GRID_EXPONENT;
             let dims = self.dims;
+            if let Some(req) = &plan.dp {
+                // What is charged (and what the aggregator checks) is σ over the sensitivity
+                // after rounding to the noise grid, a little above the clip norm: ask for that
+                // much more, so the charged σ meets the requirement rather than falling just
+                // short of it.
+                let inflation = fedfuse_privacy::noise::grid_inflation(clip, dims, grid);
+                sigma = sigma.max(req.min_noise_multiplier * inflation);
+            }
             let charged = GridGaussian::new(sigma * clip, grid)
                 .map_err(|e| e.to_string())?
                 .noise_multiplier(clip, dims);
@@ -382,6 +390,56 @@ mod tests {
         (1..=2)
             .map(|round| store.train(round, &shapes, &flat, &plan()).expect("trains").delta)
             .collect()
+    }
+
+    /// The σ charged to the ledger (over the clip norm plus the noise grid's rounding) is what
+    /// the aggregator checks against the round's requirement: it must meet it, not fall short
+    /// by the rounding. A small clip norm makes the rounding's share large enough to see.
+    #[test]
+    fn a_dp_round_charges_at_least_the_noise_multiplier_the_round_requires() {
+        use crate::privacy::{StorePrivacy, StorePrivacyPolicy};
+        use fedfuse_protocol::msgs::{DpRequirement, NoiseMode, PrivacyUnit};
+        let dir = tempfile::tempdir().unwrap();
+        let policy = StorePrivacyPolicy {
+            budget: fedfuse_privacy::Budget {
+                epsilon_max: 1e6,
+                delta: 1e-5,
+            },
+            noise_multiplier: 0.5,
+            clip_norm: 2.0,
+            grid_exponent: fedfuse_privacy::noise::DEFAULT_GRID_EXPONENT,
+        };
+        let guard = StorePrivacy::open("berlin", policy, &dir.path().join("ledger.jsonl")).unwrap();
+        let store = tiny_store(1).with_user_level_dp(UserLevelDp {
+            guard,
+            expected_batch: 2.0,
+            noise_multiplier: 0.5,
+            clip_norm: 2.0,
+            negatives: 3,
+        });
+        let required = DpRequirement {
+            unit: PrivacyUnit::Shopper,
+            noise_mode: NoiseMode::Local,
+            min_noise_multiplier: 1.0,
+            max_clip_norm: 0.01,
+            max_sampling_rate: 1.0,
+            delta: 1e-5,
+        };
+        let plan = TrainingPlan {
+            dp: Some(required),
+            ..plan()
+        };
+        let (config, release) = store.dp_round(1, &plan).expect("a DP store").expect("a release");
+        assert_eq!(config.clip_norm, 0.01);
+        let inflation = fedfuse_privacy::noise::grid_inflation(0.01, store.dims, config.grid_exponent);
+        assert!(inflation > 1.001, "the rounding's share is visible: {inflation}");
+        assert!(
+            (config.noise_multiplier - inflation).abs() < 1e-12,
+            "{}",
+            config.noise_multiplier
+        );
+        let charged = release.noise_multiplier;
+        assert!((1.0 - 1e-12..1.0 + 1e-9).contains(&charged), "charged {charged}");
     }
 
     /// The quickstart runs every store in one process: each store's update must depend on its

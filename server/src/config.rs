@@ -137,6 +137,17 @@ impl PlanSection {
         }
     }
 
+    /// The FedProx μ an offer carries: none for 0 (plain local training). A negative or NaN μ
+    /// is refused here, since a store would otherwise train without the term it was asked for
+    /// and nobody would notice.
+    pub fn proximal_mu(&self) -> Result<Option<f32>, String> {
+        let mu = self.proximal_mu;
+        if !(mu.is_finite() && mu >= 0.0) {
+            return Err(format!("[plan] proximal_mu = {mu} must be a number ≥ 0"));
+        }
+        Ok((mu > 0.0).then_some(mu))
+    }
+
     /// The DP requirement every offer carries, checked for sense.
     pub fn dp_requirement(&self) -> Result<Option<fedfuse_protocol::msgs::DpRequirement>, String> {
         use fedfuse_protocol::msgs::{DpRequirement, NoiseMode, PrivacyUnit};
@@ -506,6 +517,19 @@ mod erased {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_proximal_mu_is_offered_when_positive_and_refused_when_negative_or_nan() {
+        let mut plan = super::PlanSection::default();
+        assert_eq!(plan.proximal_mu(), Ok(None));
+        plan.proximal_mu = 0.01;
+        assert_eq!(plan.proximal_mu(), Ok(Some(0.01)));
+        for bad in [-0.1, f32::NAN, f32::INFINITY] {
+            plan.proximal_mu = bad;
+            let err = plan.proximal_mu().unwrap_err();
+            assert!(err.contains("proximal_mu"), "{err}");
+        }
+    }
+
     use super::*;
     use crate::aggregate::AggregationRule;
     use crate::aggregate::optimizer::ServerOptimizerConfig;

@@ -297,7 +297,7 @@ fn main() -> anyhow::Result<()> {
                         work: LocalWork::Epochs(config.plan.local_epochs),
                         learning_rate: config.plan.learning_rate,
                         batch_size: config.plan.batch_size,
-                        proximal_mu: (config.plan.proximal_mu > 0.0).then_some(config.plan.proximal_mu),
+                        proximal_mu: config.plan.proximal_mu().map_err(anyhow::Error::msg)?,
                         update_encoding: config.plan.update_encoding().map_err(anyhow::Error::msg)?,
                         dp: config.plan.dp_requirement().map_err(anyhow::Error::msg)?,
                     },

@@ -167,8 +167,8 @@ pub async fn run_aggregator_with(
         // The model is intact; only the optimiser restarts, as it would after a policy change.
         tracing::warn!(%why, "server optimiser starts from fresh moments");
     }
-    if opts.plan.dp.is_some() {
-        coordinator = coordinator.requiring_privacy_spend();
+    if let Some(required) = &opts.plan.dp {
+        coordinator = coordinator.requiring_privacy(required.clone());
     }
     // Central DP: the aggregator's own ledger, beside its database; a broken chain stops it.
     let central = match &opts.policy.central_dp {

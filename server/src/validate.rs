@@ -3,7 +3,7 @@
 //! Every check runs before anything touches the round's aggregate, so a rejected update leaves
 //! no trace but the rejection (sent to the store with its reason, and logged).
 
-use fedfuse_protocol::msgs::{RejectionReason, UpdateUpload};
+use fedfuse_protocol::msgs::{DpRequirement, PrivacySpend, RejectionReason, UpdateUpload};
 
 use crate::layout::ModelLayout;
 
@@ -14,8 +14,9 @@ pub struct UpdateRules {
     pub base_version: u64,
     /// Largest L2 norm of a whole update (norm bounding); `None` to skip.
     pub norm_bound: Option<f64>,
-    /// The round's plan requires DP: an update must account for its release.
-    pub requires_privacy_spend: bool,
+    /// The DP the round's plan requires: an update must account for its release with a spend
+    /// at least this strong.
+    pub privacy: Option<DpRequirement>,
 }
 
 /// A validated update: the flat delta in layout order and its weight.
@@ -24,6 +25,43 @@ pub struct ValidUpdate {
     pub delta: Vec<f32>,
     pub example_count: u64,
     pub norm: f64,
+}
+
+/// Relative slack for the floating-point round trip of a store's calibration: a store that
+/// raised its σ to exactly the requirement may land an ulp below it.
+const SPEND_SLACK: f64 = 1e-9;
+
+/// A spend is as strong as the requirement: noise multiplier at least, clip norm and sampling
+/// rate at most what the round allows. The spend states what the store charged to its own
+/// ledger (σ over the grid-rounded sensitivity), so this is the privacy actually claimed.
+fn spend_meets(spend: &PrivacySpend, required: &DpRequirement) -> Result<(), RejectionReason> {
+    let weaker = |detail: String| Err(RejectionReason::PrivacyBelowRequirement { detail });
+    let finite = [spend.noise_multiplier, spend.clip_norm, spend.sampling_rate];
+    if finite.iter().any(|v| !v.is_finite() || *v <= 0.0) {
+        return weaker(format!(
+            "noise multiplier {}, clip norm {}, sampling rate {} must be positive numbers",
+            spend.noise_multiplier, spend.clip_norm, spend.sampling_rate
+        ));
+    }
+    if spend.noise_multiplier < required.min_noise_multiplier * (1.0 - SPEND_SLACK) {
+        return weaker(format!(
+            "noise multiplier {} below the required {}",
+            spend.noise_multiplier, required.min_noise_multiplier
+        ));
+    }
+    if spend.clip_norm > required.max_clip_norm * (1.0 + SPEND_SLACK) {
+        return weaker(format!(
+            "clip norm {} above the allowed {}",
+            spend.clip_norm, required.max_clip_norm
+        ));
+    }
+    if required.max_sampling_rate > 0.0 && spend.sampling_rate > required.max_sampling_rate * (1.0 + SPEND_SLACK) {
+        return weaker(format!(
+            "sampling rate {} above the allowed {}",
+            spend.sampling_rate, required.max_sampling_rate
+        ));
+    }
+    Ok(())
 }
 
 /// Checks an upload against the layout and the round, decoding it into one flat delta.
@@ -39,8 +77,9 @@ pub fn validate(upload: &UpdateUpload, layout: &ModelLayout, rules: &UpdateRules
             got: upload.base_model_version,
         });
     }
-    if rules.requires_privacy_spend && upload.privacy_spend.is_none() {
-        return Err(RejectionReason::PrivacyNotApplied);
+    if let Some(required) = &rules.privacy {
+        let spend = upload.privacy_spend.as_ref().ok_or(RejectionReason::PrivacyNotApplied)?;
+        spend_meets(spend, required)?;
     }
     let mut seen = vec![false; layout.tensors().len()];
     for t in &upload.tensors {
@@ -132,7 +171,7 @@ pub(crate) mod tests {
         round_id: 4,
         base_version: 9,
         norm_bound: Some(10.0),
-        requires_privacy_spend: false,
+        privacy: None,
     };
 
     #[test]
@@ -217,10 +256,91 @@ pub(crate) mod tests {
         }
     }
 
+    /// The requirement `a_spend` just meets.
+    pub(crate) fn a_requirement() -> DpRequirement {
+        DpRequirement {
+            unit: fedfuse_protocol::msgs::PrivacyUnit::Shopper,
+            noise_mode: fedfuse_protocol::msgs::NoiseMode::Local,
+            min_noise_multiplier: 1.0,
+            max_clip_norm: 1.0,
+            max_sampling_rate: 1.0,
+            delta: 1e-5,
+        }
+    }
+
+    #[test]
+    fn a_spend_weaker_than_the_requirement_is_rejected_with_what_falls_short() {
+        let rules = UpdateRules {
+            privacy: Some(a_requirement()),
+            ..RULES
+        };
+        let with = |spend: PrivacySpend| UpdateUpload {
+            privacy_spend: Some(spend),
+            ..upload(vec![tensor("emb", &[3, 2], &[0.0; 6]), tensor("head", &[2], &[1.0, 0.0])])
+        };
+        // One ulp under σ = 1 is the calibration's rounding, not a weaker release.
+        let at_the_edge = PrivacySpend {
+            noise_multiplier: 1.0 - f64::EPSILON,
+            ..a_spend()
+        };
+        assert!(validate(&with(at_the_edge), &layout(), &rules).is_ok());
+        let cases = [
+            (
+                PrivacySpend {
+                    noise_multiplier: 0.99,
+                    ..a_spend()
+                },
+                "noise multiplier 0.99",
+            ),
+            (
+                PrivacySpend {
+                    clip_norm: 1.5,
+                    ..a_spend()
+                },
+                "clip norm 1.5",
+            ),
+            (
+                PrivacySpend {
+                    sampling_rate: 1.01,
+                    ..a_spend()
+                },
+                "sampling rate 1.01",
+            ),
+            (
+                PrivacySpend {
+                    noise_multiplier: f64::NAN,
+                    ..a_spend()
+                },
+                "positive numbers",
+            ),
+            (
+                PrivacySpend {
+                    clip_norm: 0.0,
+                    ..a_spend()
+                },
+                "positive numbers",
+            ),
+        ];
+        for (spend, says) in cases {
+            match validate(&with(spend), &layout(), &rules).unwrap_err() {
+                RejectionReason::PrivacyBelowRequirement { detail } => assert!(detail.contains(says), "{detail}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // A stronger spend than required is taken.
+        let stronger = PrivacySpend {
+            noise_multiplier: 2.0,
+            clip_norm: 0.5,
+            sampling_rate: 0.1,
+            ..a_spend()
+        };
+        assert!(validate(&with(stronger), &layout(), &rules).is_ok());
+    }
+
     #[test]
     fn a_round_that_requires_dp_takes_only_updates_that_account_for_it() {
         let rules = UpdateRules {
-            requires_privacy_spend: true,
+            privacy: Some(a_requirement()),
             ..RULES
         };
         let good = || upload(vec![tensor("emb", &[3, 2], &[0.0; 6]), tensor("head", &[2], &[1.0, 0.0])]);

@@ -90,6 +90,12 @@ pub enum RejectionReason {
     /// The round requires DP and the update carries no privacy spend: whatever the store did,
     /// it did not account for a release.
     PrivacyNotApplied,
+    /// The privacy spend is weaker than the round's DP requirement (a lower noise multiplier,
+    /// a larger clip norm or sampling rate than it allows): the update was released under
+    /// less privacy than the platform asked for, so it is not aggregated.
+    PrivacyBelowRequirement {
+        detail: String,
+    },
 }
 
 impl std::fmt::Display for RejectionReason {
@@ -112,6 +118,9 @@ impl std::fmt::Display for RejectionReason {
             RejectionReason::Malformed { detail } => write!(f, "malformed update: {detail}"),
             RejectionReason::PrivacyNotApplied => {
                 write!(f, "the round requires DP and the update carries no privacy spend")
+            }
+            RejectionReason::PrivacyBelowRequirement { detail } => {
+                write!(f, "the privacy spend is weaker than the round requires: {detail}")
             }
         }
     }

@@ -162,7 +162,7 @@ pub struct RoundCoordinator {
     now_ms: u64,
     spill_dir: PathBuf,
     central: Option<CentralClipping>,
-    requires_privacy_spend: bool,
+    privacy: Option<fedfuse_protocol::msgs::DpRequirement>,
 }
 
 impl RoundCoordinator {
@@ -189,7 +189,7 @@ impl RoundCoordinator {
             now_ms: 0,
             spill_dir,
             central: None,
-            requires_privacy_spend: false,
+            privacy: None,
         }
     }
 
@@ -201,9 +201,10 @@ impl RoundCoordinator {
     }
 
     /// The plan requires DP of the stores: every update without a privacy spend is rejected
-    /// (`RejectionReason::PrivacyNotApplied`), never aggregated.
-    pub fn requiring_privacy_spend(mut self) -> Self {
-        self.requires_privacy_spend = true;
+    /// (`RejectionReason::PrivacyNotApplied`), and one whose spend is weaker than `required`
+    /// (`RejectionReason::PrivacyBelowRequirement`), never aggregated.
+    pub fn requiring_privacy(mut self, required: fedfuse_protocol::msgs::DpRequirement) -> Self {
+        self.privacy = Some(required);
         self
     }
 
@@ -332,7 +333,7 @@ impl RoundCoordinator {
             round_id: round.id,
             base_version: self.version,
             norm_bound: self.policy.norm_bound,
-            requires_privacy_spend: self.requires_privacy_spend,
+            privacy: self.privacy.clone(),
         };
         match validate(&upload, &self.layout, &rules) {
             Err(reason) => out.push(reject(reason)),

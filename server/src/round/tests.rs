@@ -182,14 +182,28 @@ fn bad_updates_are_rejected_with_reasons_and_never_applied() {
 }
 
 #[test]
-fn a_plan_that_requires_dp_rejects_updates_without_a_privacy_spend() {
+fn a_plan_that_requires_dp_rejects_updates_without_a_privacy_spend_or_with_a_weaker_one() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = coordinator(policy(), &dir).requiring_privacy_spend();
+    let mut c = coordinator(policy(), &dir).requiring_privacy(crate::validate::tests::a_requirement());
     connect(&mut c, &["a", "b", "c"]);
     assert!(matches!(
         &send(&mut c, "a", update(1, 0, [9.0, 9.0]))[0],
         Action::Rejected {
             reason: RejectionReason::PrivacyNotApplied,
+            ..
+        }
+    ));
+    let weak = UpdateUpload {
+        privacy_spend: Some(fedfuse_protocol::msgs::PrivacySpend {
+            noise_multiplier: 0.5,
+            ..crate::validate::tests::a_spend()
+        }),
+        ..update(1, 0, [9.0, 9.0])
+    };
+    assert!(matches!(
+        &send(&mut c, "b", weak)[0],
+        Action::Rejected {
+            reason: RejectionReason::PrivacyBelowRequirement { .. },
             ..
         }
     ));
@@ -202,7 +216,7 @@ fn a_plan_that_requires_dp_rejects_updates_without_a_privacy_spend() {
     }
     let done = send(&mut c, "c", spent([3.0, 3.0]));
     assert!(done.iter().any(|a| matches!(a, Action::Commit { updates: 3, .. })));
-    // The rejected 9.0 left no trace in the average.
+    // The rejected 9.0s left no trace in the average.
     assert_eq!(c.params(), &[2.0, 2.0]);
 }
 
