@@ -224,14 +224,7 @@ split_seed = {split_seed}
 
 [model]
 # Must match the aggregator's model: an offered model of another shape is refused by tensor.
-dim = {dim}
-max_len = {max_len}
-head = {head}
-encoder = "{encoder:?}"
-layers = {layers}
-heads = {heads}
-dropout = {dropout}
-
+{model_keys}
 [training]
 # `auto` (the GPU through wgpu if an adapter exists, else the CPU with a warning), `gpu`, `cpu`.
 device = "{device}"
@@ -268,13 +261,7 @@ ledger = "{ledger}"
             store = d.store,
             synthetic_seed = d.synthetic_seed,
             split_seed = d.split_seed,
-            dim = m.dim,
-            max_len = m.max_len,
-            head = m.head,
-            encoder = m.encoder,
-            layers = m.layers,
-            heads = m.heads,
-            dropout = m.dropout,
+            model_keys = m.commented_toml(),
             device = t.device,
             in_batch = t.in_batch,
             uniform = t.uniform,

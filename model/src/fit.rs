@@ -33,6 +33,29 @@ pub struct ModelShape {
     pub dropout: f64,
 }
 
+impl ModelShape {
+    /// The keys of a `[model]` TOML section, each with what it sets, for the commented config
+    /// files the aggregator and the store agent write: both must describe the same model, so
+    /// they share one text.
+    pub fn commented_toml(&self) -> String {
+        format!(
+            "# Width of every item and interest vector.\n\
+             dim = {}\n\
+             # Recent items of a shopper's history the sequence encoder reads.\n\
+             max_len = {}\n\
+             # Hidden width of the MLP fusion head.\n\
+             head = {}\n\
+             # Sequence encoder: \"Attention\" (causal self-attention, SASRec-style) or \"Lstm\".\n\
+             encoder = \"{:?}\"\n\
+             # Attention blocks, and heads per block.\n\
+             layers = {}\n\
+             heads = {}\n\
+             dropout = {:?}\n",
+            self.dim, self.max_len, self.head, self.encoder, self.layers, self.heads, self.dropout
+        )
+    }
+}
+
 impl Default for ModelShape {
     fn default() -> Self {
         Self {

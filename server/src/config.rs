@@ -374,14 +374,7 @@ hold_rounds = {hold}
 {plan_dp}
 [model]
 # The fused recommender every store trains; stores must configure the same [model].
-dim = {dim}
-max_len = {max_len}
-head = {head}
-encoder = "{encoder:?}"
-layers = {layers}
-heads = {heads}
-dropout = {dropout:?}
-
+{model_keys}
 [platform]
 # The platform's data: the catalog every item id refers to (`synthetic`, `movielens:PATH` or
 # `csv:DIR`; relative to this file) and the shoppers the platform owns for fine-tuning: the
@@ -436,13 +429,7 @@ tail_average = {tail}
             minlr = pl.min_learning_rate,
             hold = pl.hold_rounds,
             plan_dp = plan_dp_block(pl.dp.as_ref()),
-            dim = m.dim,
-            max_len = m.max_len,
-            head = m.head,
-            encoder = m.encoder,
-            layers = m.layers,
-            heads = m.heads,
-            dropout = m.dropout,
+            model_keys = m.commented_toml(),
             pdata = pf.data,
             pseed = pf.synthetic_seed,
             pstore = pf.store,
