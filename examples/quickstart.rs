@@ -160,6 +160,49 @@ struct Cli {
     report: Option<PathBuf>,
 }
 
+/// A bar over the rounds while the federation runs (the table comes after, once every model
+/// is evaluated): the stores' mean training loss in the last round every store finished, and
+/// the validation HR@10 of the model they were offered in it, pooled over their validation
+/// shoppers as the aggregator sees it. Hidden when stderr is not a terminal.
+async fn show_progress(
+    bar: indicatif::ProgressBar,
+    logs: Vec<Arc<std::sync::Mutex<Vec<RoundLog>>>>,
+    validation_shoppers: Vec<usize>,
+) {
+    let mut shown = 0;
+    loop {
+        let finished: Vec<Vec<RoundLog>> = logs.iter().map(|l| l.lock().expect("log").clone()).collect();
+        let done = finished
+            .iter()
+            .map(|l| l.iter().map(|r| r.round).max().unwrap_or(0))
+            .min()
+            .unwrap_or(0);
+        if done > shown {
+            shown = done;
+            let of_round: Vec<(&RoundLog, usize)> = finished
+                .iter()
+                .zip(&validation_shoppers)
+                .filter_map(|(l, n)| l.iter().find(|r| r.round == done).map(|r| (r, *n)))
+                .collect();
+            let losses: Vec<f64> = of_round.iter().map(|(r, _)| r.train_loss).filter(|l| l.is_finite()).collect();
+            let (hits, shoppers) = of_round
+                .iter()
+                .filter_map(|(r, n)| r.validation_hr10.map(|hr| (hr * *n as f64, *n)))
+                .fold((0.0, 0), |(h, s), (hr, n)| (h + hr, s + n));
+            let mut msg = String::new();
+            if !losses.is_empty() {
+                msg.push_str(&format!("loss {:.4}", losses.iter().sum::<f64>() / losses.len() as f64));
+            }
+            if shoppers > 0 {
+                msg.push_str(&format!("  offered model's val HR@10 {:.4}", hits / shoppers as f64));
+            }
+            bar.set_position(done);
+            bar.set_message(msg);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Which model a run serves (`--serve`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Serve {
@@ -548,7 +591,20 @@ fn main() -> anyhow::Result<()> {
                 .map_err(|e| e.to_string())
             }));
         }
-        let report = service.await?.context("aggregator")?;
+        let bar = indicatif::ProgressBar::new(cli.rounds).with_style(
+            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] round {pos}/{len} {msg} ETA {eta}")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+        let progress = tokio::spawn(show_progress(
+            bar.clone(),
+            logs.iter().map(|(_, log)| log.clone()).collect(),
+            stores.iter().map(|s| cases_of(s.index, Holdout::Validation).len()).collect(),
+        ));
+        let report = service.await;
+        progress.abort();
+        bar.finish_and_clear();
+        let report = report?.context("aggregator")?;
         let mut runs = Vec::new();
         for a in agents {
             runs.push(a.await?.map_err(anyhow::Error::msg)?);
