@@ -844,7 +844,7 @@ fn main() -> anyhow::Result<()> {
         let report = json!({
             "data": cli.data.to_string(),
             "config": {"rounds": cli.rounds, "local_epochs": cli.local_epochs, "lr": cli.lr, "lr_schedule": cli.lr_schedule, "min_lr_fraction": cli.min_lr_fraction, "lr_hold_fraction": cli.lr_hold_fraction, "batch_size": cli.batch_size,
-                "server_optimizer": cli.server_optimizer, "server_lr": cli.server_lr, "server_momentum": cli.server_momentum, "encoding": cli.encoding,
+                "server_optimizer": cli.server_optimizer, "server_lr": cli.server_lr, "server_momentum": cli.server_momentum, "proximal_mu": cli.proximal_mu, "encoding": cli.encoding,
                 "dim": cli.dim, "max_len": cli.max_len, "head": cli.head, "seed": cli.seed,
                 "target_epsilon": cli.target_epsilon, "store_level_epsilon": cli.store_level_epsilon, "delta": cli.delta, "platform_share": cli.platform_share, "serve": format!("{:?}", cli.serve)},
             "rounds": rounds,
