@@ -142,6 +142,11 @@ struct Cli {
     /// training).
     #[arg(long, default_value_t = 0.0)]
     proximal_mu: f32,
+    /// Every store corrects its drift from the federation (SCAFFOLD's control variates, from
+    /// the store's own last round and how the global model moved; nothing more is sent). Not
+    /// in DP rounds.
+    #[arg(long)]
+    drift_correction: bool,
     /// Start each round with fresh AdamW moments (by default a store keeps its own).
     #[arg(long)]
     forget_optimizer: bool,
@@ -543,6 +548,9 @@ fn main() -> anyhow::Result<()> {
             if cli.forget_optimizer {
                 trainer = trainer.forget_optimizer_state();
             }
+            if cli.drift_correction {
+                trainer = trainer.with_drift_correction();
+            }
             if let Some(epsilon) = cli.target_epsilon {
                 let sigma = sigmas[i];
                 let inflate = grid_inflation(cli.clip_norm, dims, DEFAULT_GRID_EXPONENT);
@@ -844,7 +852,7 @@ fn main() -> anyhow::Result<()> {
         let report = json!({
             "data": cli.data.to_string(),
             "config": {"rounds": cli.rounds, "local_epochs": cli.local_epochs, "lr": cli.lr, "lr_schedule": cli.lr_schedule, "min_lr_fraction": cli.min_lr_fraction, "lr_hold_fraction": cli.lr_hold_fraction, "batch_size": cli.batch_size,
-                "server_optimizer": cli.server_optimizer, "server_lr": cli.server_lr, "server_momentum": cli.server_momentum, "proximal_mu": cli.proximal_mu, "encoding": cli.encoding,
+                "server_optimizer": cli.server_optimizer, "server_lr": cli.server_lr, "server_momentum": cli.server_momentum, "proximal_mu": cli.proximal_mu, "drift_correction": cli.drift_correction, "encoding": cli.encoding,
                 "dim": cli.dim, "max_len": cli.max_len, "head": cli.head, "seed": cli.seed,
                 "target_epsilon": cli.target_epsilon, "store_level_epsilon": cli.store_level_epsilon, "delta": cli.delta, "platform_share": cli.platform_share, "serve": format!("{:?}", cli.serve)},
             "rounds": rounds,

@@ -17,6 +17,7 @@ use fedfuse_data::evaluate::{EvalAccumulator, Holdout, evaluate_into};
 use fedfuse_data::split::Split;
 use fedfuse_model::catalog::{CatalogTensors, ItemFeatures, Vocabulary};
 use fedfuse_model::dpsgd::{DpSgdConfig, train_dp_sgd};
+use fedfuse_model::drift::{StepShift, shift_from_last_round};
 use fedfuse_model::dropout::seed_dropout_on_this_thread;
 use fedfuse_model::evaluate::FusedScorer;
 use fedfuse_model::fit::{ModelShape, TITLE_LEN};
@@ -53,6 +54,17 @@ pub struct UserLevelDp {
     pub negatives: usize,
 }
 
+/// What the drift correction keeps from a store's last round.
+struct DriftMemory {
+    round: u64,
+    /// The model the store was offered in that round.
+    offered: Vec<f32>,
+    /// The store's displacement in that round without the correction it applied.
+    own_move: Vec<f32>,
+    steps: usize,
+    learning_rate: f64,
+}
+
 /// One round as the store saw it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoundLog {
@@ -82,6 +94,9 @@ pub struct FusedTrainer {
     dp: Option<UserLevelDp>,
     /// Parameters in the model (the dimension the noise-grid rounding is charged for).
     dims: usize,
+    /// Correct this store's drift (`fedfuse_model::drift`) in non-private rounds.
+    drift_correction: bool,
+    drift_memory: Option<DriftMemory>,
     pub log: Arc<Mutex<Vec<RoundLog>>>,
 }
 
@@ -104,8 +119,18 @@ impl FusedTrainer {
             candidates: CandidateConfig::default(),
             seed,
             dp: None,
+            drift_correction: false,
+            drift_memory: None,
             log: Arc::new(Mutex::new(Vec::new())),
         }
+    }
+
+    /// Corrects this store's drift from the federation in every non-private round that follows
+    /// one it trained (SCAFFOLD's control variates from what the store already holds:
+    /// `fedfuse_model::drift`). Nothing more is sent.
+    pub fn with_drift_correction(mut self) -> Self {
+        self.drift_correction = true;
+        self
     }
 
     /// Trains with user-level DP-SGD from now on.
@@ -233,6 +258,8 @@ impl LocalTrainer for FusedTrainer {
         let plain = import(self.config.init(&self.device), &offered).map_err(|e| format!("the offered model: {e}"))?;
         let validation = self.validate(&plain);
         let train_device = self.device.clone().autodiff();
+        // The correction applied this round (if any), its steps and rate, for the next one.
+        let mut drift: Option<(Option<Vec<f32>>, usize, f64)> = None;
         let (trained, loss, examples, spend) = match self.dp_round(round, plan) {
             Some(planned) => {
                 let (config, release) = planned?;
@@ -253,6 +280,19 @@ impl LocalTrainer for FusedTrainer {
                     ),
                 };
                 let lr = f64::from(plan.learning_rate);
+                // The last round's memory counts only if it was the round just before.
+                let shift = self
+                    .drift_memory
+                    .as_ref()
+                    .filter(|m| self.drift_correction && m.round + 1 == round && m.offered.len() == params.len())
+                    .and_then(|m| {
+                        let global_move: Vec<f32> = params.iter().zip(&m.offered).map(|(x, p)| x - p).collect();
+                        shift_from_last_round(&global_move, &m.own_move, m.steps, m.learning_rate)
+                    });
+                let step_shift = match &shift {
+                    Some(flat) => Some(Arc::new(StepShift::new(unflatten(&shapes, flat).map_err(|e| e.to_string())?))),
+                    None => None,
+                };
                 let config = TrainConfig {
                     epochs: Self::epochs(plan) as usize,
                     batch_size: plan.batch_size.max(1) as usize,
@@ -264,6 +304,7 @@ impl LocalTrainer for FusedTrainer {
                     candidates: self.candidates,
                     proximal_mu: f64::from(plan.proximal_mu.unwrap_or(0.0)),
                     seed,
+                    step_shift,
                     ..TrainConfig::default()
                 };
                 let (model, reports) = train_with(
@@ -275,9 +316,11 @@ impl LocalTrainer for FusedTrainer {
                     |_, _| true,
                 );
                 let examples: usize = reports.iter().map(|r| r.examples).sum();
+                let steps: usize = reports.iter().map(|r| r.steps).sum();
                 let loss = reports.last().map_or(f64::NAN, |r| r.mean_loss);
                 let plain = model.valid();
                 self.kept = Some((model, optim));
+                drift = self.drift_correction.then_some((shift, steps, lr));
                 (plain, loss, examples, None)
             }
         };
@@ -289,6 +332,22 @@ impl LocalTrainer for FusedTrainer {
             }
             delta.extend(new.values.iter().zip(&old.values).map(|(n, o)| n - o));
         }
+        // A private round leaves no memory: the next round trains uncorrected.
+        self.drift_memory = drift.map(|(shift, steps, lr)| {
+            // Every step moved by lr · shift; what is left is the store's own walk.
+            let applied = (steps as f64 * lr) as f32;
+            let own_move = match &shift {
+                Some(s) => delta.iter().zip(s).map(|(d, s)| d - applied * s).collect(),
+                None => delta.clone(),
+            };
+            DriftMemory {
+                round,
+                offered: params.to_vec(),
+                own_move,
+                steps,
+                learning_rate: lr,
+            }
+        });
         self.log.lock().expect("log lock").push(RoundLog {
             round,
             validation_hr10: validation.map(|v| v.0),
@@ -440,6 +499,41 @@ mod tests {
         );
         let charged = release.noise_multiplier;
         assert!((1.0 - 1e-12..1.0 + 1e-9).contains(&charged), "charged {charged}");
+    }
+
+    /// SCAFFOLD's control variates cancel for a store whose last move was the federation's:
+    /// alone in a federation, the corrected store trains exactly as an uncorrected one; once
+    /// the global model moved otherwise than the store did, its training is steered.
+    #[test]
+    fn the_drift_correction_is_nothing_for_a_store_that_moved_as_the_federation_did() {
+        let start = {
+            let s = tiny_store(1);
+            FusedTrainer::initial_model(s.shape, &s.data.features, &s.device)
+        };
+        let shapes: Vec<TensorShape> = start
+            .iter()
+            .map(|p| (p.name.clone(), p.shape.iter().map(|d| *d as u32).collect()))
+            .collect();
+        let x0: Vec<f32> = start.iter().flat_map(|p| p.values.iter().copied()).collect();
+        let rounds = |corrected: bool, global_step: f32| {
+            let mut store = tiny_store(1);
+            if corrected {
+                store = store.with_drift_correction();
+            }
+            let d1 = store.train(1, &shapes, &x0, &plan()).expect("trains").delta;
+            let x1: Vec<f32> = x0.iter().zip(&d1).map(|(x, d)| x + global_step * d).collect();
+            let d2 = store.train(2, &shapes, &x1, &plan()).expect("trains").delta;
+            (d1, d2)
+        };
+        let plain = rounds(false, 1.0);
+        let alone = rounds(true, 1.0);
+        assert_eq!(alone, plain, "a store alone was corrected");
+        // The federation moved twice as far as this store did: round 2 is steered, round 1 not.
+        let (plain1, plain2) = rounds(false, 2.0);
+        let (steered1, steered2) = rounds(true, 2.0);
+        assert_eq!(steered1, plain1);
+        let moved: f32 = steered2.iter().zip(&plain2).map(|(a, b)| (a - b).abs()).sum();
+        assert!(moved > 1e-3, "the correction changed nothing: {moved}");
     }
 
     /// The quickstart runs every store in one process: each store's update must depend on its

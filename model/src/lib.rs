@@ -25,6 +25,7 @@ pub mod catalog;
 pub mod dense;
 pub mod device;
 pub mod dpsgd;
+pub mod drift;
 pub mod dropout;
 pub mod evaluate;
 pub mod finetune;

@@ -56,6 +56,9 @@ pub struct TrainConfig {
     /// Train only parameters whose path starts with one of these (all when empty): the
     /// platform fine-tunes the fusion weights and head this way.
     pub trainable: Vec<String>,
+    /// Added to the parameters after every optimiser step, times that step's learning rate:
+    /// a federated store's drift correction (`drift::StepShift`); none in plain training.
+    pub step_shift: Option<std::sync::Arc<crate::drift::StepShift>>,
 }
 
 impl Default for TrainConfig {
@@ -75,6 +78,7 @@ impl Default for TrainConfig {
             branch_loss_weight: 0.0,
             proximal_mu: 0.0,
             trainable: Vec::new(),
+            step_shift: None,
         }
     }
 }
@@ -238,6 +242,8 @@ pub struct EpochReport {
     pub mean_loss: f64,
     /// Next-item predictions trained on.
     pub examples: usize,
+    /// Optimiser steps taken.
+    pub steps: usize,
     pub seconds: f64,
 }
 
@@ -297,7 +303,7 @@ pub fn train_with(
         rng.shuffle(&mut all);
         bar.set_prefix(format!("{}/{}", epoch + 1, config.epochs));
         let start = std::time::Instant::now();
-        let (mut total, mut examples) = (0.0, 0usize);
+        let (mut total, mut examples, mut epoch_steps) = (0.0, 0usize, 0usize);
         for chunk in all.chunks(batch_size) {
             let b = batch(
                 sequences,
@@ -329,7 +335,11 @@ pub fn train_with(
                 schedule.step().base()
             };
             model = optim.step(lr, model, grads);
+            if let Some(shift) = &config.step_shift {
+                model = shift.apply(model, lr);
+            }
             step += 1;
+            epoch_steps += 1;
             bar.inc(1);
             bar.set_message(format!(
                 "loss {:.4}  {:.0} examples/s",
@@ -341,6 +351,7 @@ pub fn train_with(
             epoch,
             mean_loss: total / examples.max(1) as f64,
             examples,
+            steps: epoch_steps,
             seconds: start.elapsed().as_secs_f64(),
         };
         let go_on = after_epoch(&report, &model);

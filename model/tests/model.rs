@@ -234,3 +234,54 @@ fn fedprox_keeps_training_near_its_start() {
     let (free, held) = (distance(0.0), distance(50.0));
     assert!(held < 0.5 * free, "‖w − w₀‖: μ = 0 → {free}, μ = 50 → {held}");
 }
+
+/// A store's drift correction moves every parameter by lr · shift after each optimiser step,
+/// and nothing else changes: the run with the shift ends exactly that far from the run without.
+#[test]
+fn a_step_shift_moves_the_parameters_by_the_learning_rate_times_the_shift_per_step() {
+    use fedfuse_model::drift::StepShift;
+    let run = |shift: Option<StepShift>| {
+        let device = Device::flex().autodiff();
+        let (m, catalog) = model(&device, 9);
+        let config = TrainConfig {
+            epochs: 1,
+            // every window in one batch: one step
+            batch_size: 64,
+            learning_rate: 1e-2,
+            max_len: 6,
+            step_shift: shift.map(std::sync::Arc::new),
+            ..TrainConfig::default()
+        };
+        let (m, reports) = train(m, &catalog, &walks(), &config, |_, _| true);
+        assert_eq!(reports[0].steps, 1);
+        export(&m)
+    };
+    let plain = run(None);
+    // A different shift per coordinate, for the item tables only (other parameters unshifted).
+    let shift: Vec<NamedParam> = plain
+        .iter()
+        .filter(|p| p.name.starts_with("items."))
+        .map(|p| NamedParam {
+            name: p.name.clone(),
+            shape: p.shape.clone(),
+            values: (0..p.values.len()).map(|i| (i % 7) as f32 - 3.0).collect(),
+        })
+        .collect();
+    assert!(!shift.is_empty());
+    let shifted = run(Some(StepShift::new(shift)));
+    for (a, b) in shifted.iter().zip(&plain) {
+        for (i, (x, y)) in a.values.iter().zip(&b.values).enumerate() {
+            let expected = if a.name.starts_with("items.") {
+                1e-2 * ((i % 7) as f32 - 3.0)
+            } else {
+                0.0
+            };
+            assert!(
+                (x - y - expected).abs() < 1e-6,
+                "{} [{i}]: moved {} not {expected}",
+                a.name,
+                x - y
+            );
+        }
+    }
+}
