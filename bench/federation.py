@@ -275,6 +275,8 @@ def server_step_section(screens, long, constant, central, local_hr, note):
 
     def step_of(r):
         c = r["config"]
+        if c.get("drift_correction"):
+            return "FedAvg, stores correcting their drift (SCAFFOLD-style control variates)"
         if c.get("proximal_mu", 0) > 0:
             return f"FedAvg, stores with FedProx μ {c['proximal_mu']:g} (its loss includes the proximal term)"
         if c.get("server_optimizer") == "fedavgm":
@@ -282,14 +284,14 @@ def server_step_section(screens, long, constant, central, local_hr, note):
         return f"FedAvg, server lr {c['server_lr']:g}"
 
     c = (long or screens or constant)[0]["config"]
-    out = ["## Federation: the server step (MovieLens-100K, 11 ZIP stores)\n"]
+    out = ["## Federation: the server step and the stores' drift (MovieLens-100K, 11 ZIP stores)\n"]
     out.append(
-        "`bench/federation.sh --only fed_slr15,fed_slr20,fed_m05,fed_prox01` (seed 1) and `SEEDS=\"1 2 3\" bench/federation.sh "
+        "`bench/federation.sh --only fed_slr15,fed_slr20,fed_m05,fed_prox01,fed_drift` (seed 1) and `SEEDS=\"1 2 3\" bench/federation.sh "
         f"--only fed_slr15x30` (quickstart on loopback, as above): dim {c['dim']}, max_len {c['max_len']}, head "
         f"{c['head']}; the first recipe ({c['local_epochs']} local epochs, batches of {c['batch_size']} windows, "
         f"AdamW lr {c['lr']:g} constant, aggregate weighted by examples), the last model served. The server adds "
         "lr × the aggregate (lr > 1 extrapolates it, the idea behind FedExP, Jhunjhunwala et al. 2023: non-IID stores' "
-        "deltas partly cancel in their mean, which makes the mean step shorter than the stores' own), or with FedAvgM lr × a velocity v ← β·v + Δ; the FedProx row keeps the server step and adds (μ/2)·‖w − w_global‖² to every store's local loss, which holds a store near the model it was offered (less drift, less progress per round). The lr 1 rows are the "
+        "deltas partly cancel in their mean, which makes the mean step shorter than the stores' own), or with FedAvgM lr × a velocity v ← β·v + Δ; the FedProx row keeps the server step and adds (μ/2)·‖w − w_global‖² to every store's local loss, which holds a store near the model it was offered (less drift, less progress per round); the drift row has every store add, after each local step, lr × (c − cᵢ) with cᵢ its own mean step last round and c the global model's move over that round per step (SCAFFOLD's control variates, Karimireddy et al. 2020, in AdamW's step space, from what a store already holds). The lr 1 rows are the "
         "first rounds of the 40-round constant runs (`fed_rounds40`), which are reproducible for a seed, so they are "
         "the plain run of the same length. *Rounds 16–20* (*21–30*) is the mean test HR@10 of the models after those "
         "rounds: the level, which one last model samples with a round-to-round spread of about ±0.005. " + note + "\n")
@@ -371,7 +373,7 @@ def main():
         print(table)
         md = replace_section(md, "federation-rounds", table)
         args.benchmarks.write_text(md)
-    screens = [r for r in (load(args.reports[0], n) for n in ("fed_slr15", "fed_slr20", "fed_m05", "fed_prox01")) if r]
+    screens = [r for r in (load(args.reports[0], n) for n in ("fed_slr15", "fed_slr20", "fed_m05", "fed_prox01", "fed_drift")) if r]
     long = [r for r in (load(d, "fed_slr15x30") for d in args.reports) if r]
     if screens or long:
         table = server_step_section(screens, long, constant, central, local_only(md), args.note)

@@ -17,6 +17,7 @@
 #   fed_slr15, fed_slr20, fed_m05  server-step screen, 20 rounds: FedAvg with server lr 1.5 or 2
 #              (the aggregate extrapolated), FedAvg with server momentum β = 0.5 (FedAvgM)
 #   fed_prox01  the same screen's recipe with FedProx μ = 0.01 in every store's local loss
+#   fed_drift  the same screen's recipe with every store correcting its drift (SCAFFOLD-style)
 #   fed_slr15x30  the first recipe for 30 rounds with server lr 1.5 (SEEDS="1 2 3")
 #   fed_f32_cos  the same with the aggregator's cosine learning-rate schedule over the rounds
 #   fed_f16    the same for ${ENC_ROUNDS:-10} rounds, f16 updates
@@ -42,7 +43,7 @@ if [[ ! -f "$DATA/u.data" ]]; then
   echo "skipping: no MovieLens-100K at $DATA (GroupLens terms forbid shipping it)" >&2
   exit 0
 fi
-only="fed_f32,fed_b32e4,fed_tail30,fed_rounds40,fed_hold40,fed_slr15,fed_slr20,fed_m05,fed_prox01,fed_slr15x30,fed_f32_cos,fed_f16,fed_int8,fed_dp8,fed_central8,fed_ft,local"
+only="fed_f32,fed_b32e4,fed_tail30,fed_rounds40,fed_hold40,fed_slr15,fed_slr20,fed_m05,fed_prox01,fed_drift,fed_slr15x30,fed_f32_cos,fed_f16,fed_int8,fed_dp8,fed_central8,fed_ft,local"
 case "${1:-}" in
   --only) only="$2" ;;
   --render) only="" ;;
@@ -77,6 +78,7 @@ for run in ${only//,/ }; do
     fed_slr20) quickstart fed_slr20 --rounds 20 --encoding f32 --lr-schedule constant --server-lr 2.0 ;;
     fed_m05) quickstart fed_m05 --rounds 20 --encoding f32 --lr-schedule constant --server-optimizer fedavgm --server-momentum 0.5 ;;
     fed_prox01) quickstart fed_prox01 --rounds 20 --encoding f32 --lr-schedule constant --proximal-mu 0.01 ;;
+    fed_drift) quickstart fed_drift --rounds 20 --encoding f32 --lr-schedule constant --drift-correction ;;
     fed_slr15x30) quickstart fed_slr15x30 --rounds 30 --encoding f32 --lr-schedule constant --server-lr 1.5 ;;
     fed_f32_cos) quickstart fed_f32_cos --rounds "$ROUNDS" --encoding f32 --lr-schedule cosine ;;
     fed_f16) quickstart fed_f16 --rounds "$ENC_ROUNDS" --encoding f16 --lr-schedule constant ;;

@@ -80,6 +80,8 @@ pub struct TrainingSection {
     pub uniform: usize,
     /// Keep AdamW's moments from round to round.
     pub keep_optimizer_state: bool,
+    /// Correct this store's drift from the federation (`fedfuse_model::drift`).
+    pub drift_correction: bool,
     pub seed: u64,
 }
 
@@ -90,6 +92,7 @@ impl Default for TrainingSection {
             in_batch: 256,
             uniform: 256,
             keep_optimizer_state: true,
+            drift_correction: false,
             seed: 0,
         }
     }
@@ -233,6 +236,11 @@ in_batch = {in_batch}
 uniform = {uniform}
 # Keep AdamW's moments from round to round (they are the store's own, never sent).
 keep_optimizer_state = {keep}
+# Correct this store's drift from the federation in non-private rounds: after every local step,
+# add lr × (the global model's last move − this store's own, per step), SCAFFOLD's control
+# variates from what the store already holds (nothing more is sent). BENCHMARKS.md has what it
+# measured on MovieLens-100K.
+drift_correction = {drift}
 seed = {seed}
 
 [privacy]
@@ -266,6 +274,7 @@ ledger = "{ledger}"
             in_batch = t.in_batch,
             uniform = t.uniform,
             keep = t.keep_optimizer_state,
+            drift = t.drift_correction,
             seed = t.seed,
             epsilon_max = p.epsilon_max,
             delta = p.delta,

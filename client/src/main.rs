@@ -141,6 +141,9 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     if !config.training.keep_optimizer_state {
         trainer = trainer.forget_optimizer_state();
     }
+    if config.training.drift_correction {
+        trainer = trainer.with_drift_correction();
+    }
     let p = &config.privacy;
     let policy = StorePrivacyPolicy {
         budget: Budget {

@@ -50,7 +50,7 @@ impl StepShift {
 /// `global_move` how far the global model moved over that round, `steps` and `lr` the last
 /// round's. `None` when the lengths disagree or the last round took no step.
 pub fn shift_from_last_round(global_move: &[f32], own_move: &[f32], steps: usize, learning_rate: f64) -> Option<Vec<f32>> {
-    if steps == 0 || !(learning_rate > 0.0) || global_move.len() != own_move.len() {
+    if steps == 0 || learning_rate.is_nan() || learning_rate <= 0.0 || global_move.len() != own_move.len() {
         return None;
     }
     let scale = (1.0 / (steps as f64 * learning_rate)) as f32;
