@@ -240,9 +240,12 @@ fn fedprox_keeps_training_near_its_start() {
 #[test]
 fn a_step_shift_moves_the_parameters_by_the_learning_rate_times_the_shift_per_step() {
     use fedfuse_model::drift::StepShift;
+    // One initial model for both runs: the device's seed is process-wide, and other tests
+    // re-seed it while this one runs.
+    let device = Device::flex().autodiff();
+    let (start, catalog) = model(&device, 9);
     let run = |shift: Option<StepShift>| {
-        let device = Device::flex().autodiff();
-        let (m, catalog) = model(&device, 9);
+        let m = start.clone();
         let config = TrainConfig {
             epochs: 1,
             // every window in one batch: one step
