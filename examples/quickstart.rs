@@ -72,6 +72,10 @@ struct Cli {
     /// Local epochs over the store's shoppers per round.
     #[arg(long, default_value_t = 1)]
     local_epochs: u32,
+    /// Instead of --local-epochs, every store takes exactly this many optimiser steps a round
+    /// (equal work whatever a store's size; 0: epochs).
+    #[arg(long, default_value_t = 0)]
+    local_steps: u32,
     /// Local learning rate (AdamW).
     #[arg(long, default_value_t = 1e-3)]
     lr: f32,
@@ -147,6 +151,13 @@ struct Cli {
     /// in DP rounds.
     #[arg(long)]
     drift_correction: bool,
+    /// Candidates each store's sampled softmax draws from its batch's targets.
+    #[arg(long, default_value_t = CandidateConfig::default().in_batch)]
+    in_batch: usize,
+    /// Candidates drawn uniformly from the catalog; with --in-batch, as many as the catalog
+    /// has items turns the sampled softmax into the exact one over every item.
+    #[arg(long, default_value_t = CandidateConfig::default().uniform)]
+    uniform: usize,
     /// Start each round with fresh AdamW moments (by default a store keeps its own).
     #[arg(long)]
     forget_optimizer: bool,
@@ -408,7 +419,11 @@ fn main() -> anyhow::Result<()> {
             .iter()
             .map(|st| {
                 let q = (cli.dp_batch / st.shoppers as f64).min(1.0);
-                let steps = cli.rounds * (f64::from(cli.local_epochs) / q).ceil() as u64;
+                let per_round = match cli.local_steps {
+                    0 => (f64::from(cli.local_epochs) / q).ceil() as u64,
+                    k => u64::from(k),
+                };
+                let steps = cli.rounds * per_round;
                 noise_multiplier_for(epsilon * 0.99, cli.delta, q, steps, Accountant::Pld).map_err(anyhow::Error::msg)
             })
             .collect::<anyhow::Result<_>>()?,
@@ -472,7 +487,10 @@ fn main() -> anyhow::Result<()> {
         let options = ServiceOptions {
             policy,
             plan: TrainingPlan {
-                work: LocalWork::Epochs(cli.local_epochs),
+                work: match cli.local_steps {
+                    0 => LocalWork::Epochs(cli.local_epochs),
+                    k => LocalWork::Steps(k),
+                },
                 learning_rate: cli.lr,
                 batch_size: cli.batch_size,
                 proximal_mu: {
@@ -544,7 +562,11 @@ fn main() -> anyhow::Result<()> {
                 sequences: own,
                 validation: Some((split.clone(), cases_of(store.index, Holdout::Validation))),
             };
-            let mut trainer = FusedTrainer::new(shape, data, base.clone(), cli.seed + i as u64);
+            let mut trainer =
+                FusedTrainer::new(shape, data, base.clone(), cli.seed + i as u64).with_candidates(CandidateConfig {
+                    in_batch: cli.in_batch,
+                    uniform: cli.uniform,
+                });
             if cli.forget_optimizer {
                 trainer = trainer.forget_optimizer_state();
             }
@@ -851,8 +873,8 @@ fn main() -> anyhow::Result<()> {
     if let Some(path) = cli.report {
         let report = json!({
             "data": cli.data.to_string(),
-            "config": {"rounds": cli.rounds, "local_epochs": cli.local_epochs, "lr": cli.lr, "lr_schedule": cli.lr_schedule, "min_lr_fraction": cli.min_lr_fraction, "lr_hold_fraction": cli.lr_hold_fraction, "batch_size": cli.batch_size,
-                "server_optimizer": cli.server_optimizer, "server_lr": cli.server_lr, "server_momentum": cli.server_momentum, "proximal_mu": cli.proximal_mu, "drift_correction": cli.drift_correction, "encoding": cli.encoding,
+            "config": {"rounds": cli.rounds, "local_epochs": cli.local_epochs, "local_steps": cli.local_steps, "lr": cli.lr, "lr_schedule": cli.lr_schedule, "min_lr_fraction": cli.min_lr_fraction, "lr_hold_fraction": cli.lr_hold_fraction, "batch_size": cli.batch_size,
+                "server_optimizer": cli.server_optimizer, "server_lr": cli.server_lr, "server_momentum": cli.server_momentum, "proximal_mu": cli.proximal_mu, "drift_correction": cli.drift_correction, "in_batch": cli.in_batch, "uniform": cli.uniform, "encoding": cli.encoding,
                 "dim": cli.dim, "max_len": cli.max_len, "head": cli.head, "seed": cli.seed,
                 "target_epsilon": cli.target_epsilon, "store_level_epsilon": cli.store_level_epsilon, "delta": cli.delta, "platform_share": cli.platform_share, "serve": format!("{:?}", cli.serve)},
             "rounds": rounds,

@@ -22,6 +22,10 @@ pub enum PrivacyError {
     Noise(#[from] fedfuse_privacy::noise::NoiseError),
     #[error("the round asks for DP on {0:?}, this store applies client-level DP only")]
     UnsupportedUnit(fedfuse_protocol::msgs::PrivacyUnit),
+    #[error(
+        "this store accounts its ε at δ = {own:e}, above the round's δ = {required:e}: its guarantee would be weaker than the round asks"
+    )]
+    DeltaAboveRequirement { own: f64, required: f64 },
 }
 
 /// The store's own DP policy: never weaker than this, whatever a round asks.
@@ -53,8 +57,22 @@ impl StorePrivacy {
         &self.ledger
     }
 
+    /// Whether this store's δ is as small as the round's: its ε is accounted at its own δ,
+    /// and an ε at a larger δ promises less than the round requires (the aggregator would
+    /// reject the update), so the store refuses before it trains.
+    pub fn meets_round_delta(&self, plan: &TrainingPlan) -> Result<(), PrivacyError> {
+        match &plan.dp {
+            Some(dp) if self.policy.budget.delta > dp.delta * (1.0 + 1e-9) => Err(PrivacyError::DeltaAboveRequirement {
+                own: self.policy.budget.delta,
+                required: dp.delta,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The release this round would make: its parameters and the noise that realises them.
     fn release(&self, round: u64, plan: &TrainingPlan, dims: usize) -> Result<(Release, GridGaussian), PrivacyError> {
+        self.meets_round_delta(plan)?;
         let (mut z, mut clip) = (self.policy.noise_multiplier, self.policy.clip_norm);
         if let Some(dp) = &plan.dp {
             if dp.unit != fedfuse_protocol::msgs::PrivacyUnit::Store {

@@ -159,10 +159,11 @@ impl FusedTrainer {
         self.data.sequences.iter().filter(|s| s.len() > 1).count()
     }
 
-    fn epochs(plan: &TrainingPlan) -> f64 {
+    /// Passes over the data and the step cap a plan asks of plain local training.
+    fn local_work(plan: &TrainingPlan) -> (usize, Option<usize>) {
         match plan.work {
-            LocalWork::Epochs(e) => f64::from(e.max(1)),
-            LocalWork::Steps(_) => 1.0,
+            LocalWork::Epochs(e) => (e.max(1) as usize, None),
+            LocalWork::Steps(k) => (1, Some(k.max(1) as usize)),
         }
     }
 
@@ -170,6 +171,7 @@ impl FusedTrainer {
     fn dp_round(&self, round: u64, plan: &TrainingPlan) -> Option<Result<(DpSgdConfig, fedfuse_privacy::Release), String>> {
         let dp = self.dp.as_ref()?;
         Some((|| {
+            dp.guard.meets_round_delta(plan).map_err(|e| e.to_string())?;
             let mut sigma = dp.noise_multiplier;
             let mut clip = dp.clip_norm;
             let mut q = (dp.expected_batch / self.shoppers().max(1) as f64).min(1.0);
@@ -181,7 +183,11 @@ impl FusedTrainer {
                     q = q.min(req.max_sampling_rate);
                 }
             }
-            let steps = (Self::epochs(plan) / q).ceil().max(1.0) as usize;
+            // An epoch of DP-SGD is 1/q Poisson-sampled steps.
+            let steps = match plan.work {
+                LocalWork::Epochs(e) => (f64::from(e.max(1)) / q).ceil().max(1.0) as usize,
+                LocalWork::Steps(k) => k.max(1) as usize,
+            };
             let grid = fedfuse_privacy::noise::DEFAULT_GRID_EXPONENT;
             let dims = self.dims;
             if let Some(req) = &plan.dp {
@@ -293,8 +299,10 @@ impl LocalTrainer for FusedTrainer {
                     Some(flat) => Some(Arc::new(StepShift::new(unflatten(&shapes, flat).map_err(|e| e.to_string())?))),
                     None => None,
                 };
+                let (epochs, max_steps) = Self::local_work(plan);
                 let config = TrainConfig {
-                    epochs: Self::epochs(plan) as usize,
+                    epochs,
+                    max_steps,
                     batch_size: plan.batch_size.max(1) as usize,
                     learning_rate: lr,
                     // Constant within a round: the aggregator schedules the rate across rounds.
@@ -499,6 +507,73 @@ mod tests {
         );
         let charged = release.noise_multiplier;
         assert!((1.0 - 1e-12..1.0 + 1e-9).contains(&charged), "charged {charged}");
+    }
+
+    /// `LocalWork::Steps(k)` is k optimiser steps, not a pass: on 12 equal windows in batches
+    /// of 3 (4 steps a pass), 2 steps train half the predictions of one epoch and 6 steps one
+    /// and a half epochs' worth.
+    #[test]
+    fn a_steps_plan_trains_exactly_that_many_batches() {
+        let start = {
+            let s = tiny_store(1);
+            FusedTrainer::initial_model(s.shape, &s.data.features, &s.device)
+        };
+        let shapes: Vec<TensorShape> = start
+            .iter()
+            .map(|p| (p.name.clone(), p.shape.iter().map(|d| *d as u32).collect()))
+            .collect();
+        let flat: Vec<f32> = start.iter().flat_map(|p| p.values.iter().copied()).collect();
+        let examples = |work: LocalWork| {
+            let plan = TrainingPlan { work, ..plan() };
+            tiny_store(1).train(1, &shapes, &flat, &plan).expect("trains").example_count
+        };
+        let epoch = examples(LocalWork::Epochs(1));
+        assert!(epoch > 0);
+        assert_eq!(2 * examples(LocalWork::Steps(2)), epoch);
+        assert_eq!(2 * examples(LocalWork::Steps(6)), 3 * epoch);
+    }
+
+    /// A store whose ε is stated at a larger δ than the round's would promise less than the
+    /// round requires: it refuses before training and charges nothing.
+    #[test]
+    fn a_store_refuses_a_round_whose_delta_is_below_its_own() {
+        use crate::privacy::{StorePrivacy, StorePrivacyPolicy};
+        use fedfuse_protocol::msgs::{DpRequirement, NoiseMode, PrivacyUnit};
+        let dir = tempfile::tempdir().unwrap();
+        let policy = StorePrivacyPolicy {
+            budget: fedfuse_privacy::Budget {
+                epsilon_max: 1e6,
+                delta: 1e-4,
+            },
+            noise_multiplier: 1.0,
+            clip_norm: 1.0,
+            grid_exponent: fedfuse_privacy::noise::DEFAULT_GRID_EXPONENT,
+        };
+        let guard = StorePrivacy::open("lyon", policy, &dir.path().join("ledger.jsonl")).unwrap();
+        let store = tiny_store(1).with_user_level_dp(UserLevelDp {
+            guard,
+            expected_batch: 2.0,
+            noise_multiplier: 1.0,
+            clip_norm: 1.0,
+            negatives: 3,
+        });
+        let with_delta = |delta: f64| TrainingPlan {
+            dp: Some(DpRequirement {
+                unit: PrivacyUnit::Shopper,
+                noise_mode: NoiseMode::Local,
+                min_noise_multiplier: 1.0,
+                max_clip_norm: 1.0,
+                max_sampling_rate: 1.0,
+                delta,
+            }),
+            ..plan()
+        };
+        let why = store.refuses(1, &with_delta(1e-5)).expect("refused");
+        assert!(why.contains("δ = 1e-4") && why.contains("δ = 1e-5"), "{why}");
+        // The round's own δ, or a looser one, is fine.
+        assert_eq!(store.refuses(1, &with_delta(1e-4)), None);
+        assert_eq!(store.refuses(1, &with_delta(1e-3)), None);
+        assert!(store.dp.as_ref().unwrap().guard.ledger().entries().is_empty());
     }
 
     /// SCAFFOLD's control variates cancel for a store whose last move was the federation's:

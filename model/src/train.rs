@@ -34,7 +34,11 @@ impl std::str::FromStr for Objective {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
+    /// Passes over the windows; ignored when `max_steps` is set.
     pub epochs: usize,
+    /// Stop after this many optimiser steps, however many passes that takes (a federated
+    /// round's `LocalWork::Steps`): stores then do equal work whatever their size.
+    pub max_steps: Option<usize>,
     /// Windows per batch.
     pub batch_size: usize,
     pub learning_rate: f64,
@@ -65,6 +69,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             epochs: 10,
+            max_steps: None,
             batch_size: 64,
             learning_rate: 1e-3,
             min_learning_rate: 1e-5,
@@ -275,7 +280,10 @@ pub fn train_with(
     let mut all: Vec<Window> = windows(sequences, config.max_len);
     let batch_size = config.batch_size.max(1);
     let steps_per_epoch = all.len().div_ceil(batch_size).max(1);
-    let total_steps = steps_per_epoch * config.epochs.max(1);
+    let (epochs, total_steps) = match config.max_steps {
+        Some(k) => (k.max(1).div_ceil(steps_per_epoch), k.max(1)),
+        None => (config.epochs, steps_per_epoch * config.epochs.max(1)),
+    };
     let warmup = config.warmup_steps.min(total_steps / 2);
     let mut schedule = CosineAnnealingLrSchedulerConfig::new(config.learning_rate, (total_steps - warmup).max(1))
         .with_min_lr(config.min_learning_rate)
@@ -299,12 +307,15 @@ pub fn train_with(
     } else {
         ProgressBar::hidden()
     };
-    for epoch in 0..config.epochs {
+    for epoch in 0..epochs {
         rng.shuffle(&mut all);
-        bar.set_prefix(format!("{}/{}", epoch + 1, config.epochs));
+        bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
         let start = std::time::Instant::now();
         let (mut total, mut examples, mut epoch_steps) = (0.0, 0usize, 0usize);
         for chunk in all.chunks(batch_size) {
+            if step >= total_steps {
+                break;
+            }
             let b = batch(
                 sequences,
                 chunk,

@@ -288,3 +288,31 @@ fn a_step_shift_moves_the_parameters_by_the_learning_rate_times_the_shift_per_st
         }
     }
 }
+
+/// `max_steps` caps the optimiser steps, not the passes: a federated round that asks for k
+/// steps gets exactly k, running over as many passes (or part of one) as that takes.
+#[test]
+fn max_steps_takes_exactly_that_many_steps_across_passes() {
+    let device = Device::flex().autodiff();
+    let (start, catalog) = model(&device, 11);
+    let run = |batch_size: usize, max_steps: usize| {
+        let config = TrainConfig {
+            epochs: 100,
+            max_steps: Some(max_steps),
+            batch_size,
+            learning_rate: 1e-2,
+            max_len: 6,
+            ..TrainConfig::default()
+        };
+        let (_, reports) = train(start.clone(), &catalog, &walks(), &config, |_, _| true);
+        reports.iter().map(|r| r.steps).collect::<Vec<_>>()
+    };
+    // Every window in one batch: one step per pass, so five passes.
+    assert_eq!(run(64, 5), vec![1; 5]);
+    // One window per batch: part of the first pass only.
+    let windows = fedfuse_model::window::windows(&walks(), 6).len();
+    assert!(windows > 3, "{windows} windows");
+    assert_eq!(run(1, 3), vec![3]);
+    // One pass and two steps of the next.
+    assert_eq!(run(1, windows + 2), vec![windows, 2]);
+}

@@ -70,6 +70,9 @@ pub struct ServeSection {
 #[serde(default, deny_unknown_fields)]
 pub struct PlanSection {
     pub local_epochs: u32,
+    /// When above 0, every store takes exactly this many optimiser steps a round instead of
+    /// `local_epochs` passes.
+    pub local_steps: u32,
     pub learning_rate: f32,
     /// Windows per local batch.
     pub batch_size: u32,
@@ -111,6 +114,7 @@ impl Default for PlanSection {
     fn default() -> Self {
         Self {
             local_epochs: 1,
+            local_steps: 0,
             learning_rate: 1e-3,
             batch_size: 32,
             encoding: "f32".into(),
@@ -124,6 +128,15 @@ impl Default for PlanSection {
 }
 
 impl PlanSection {
+    /// What each round asks of a store: `local_steps` steps when set, else `local_epochs`.
+    pub fn local_work(&self) -> fedfuse_protocol::msgs::LocalWork {
+        use fedfuse_protocol::msgs::LocalWork;
+        match self.local_steps {
+            0 => LocalWork::Epochs(self.local_epochs),
+            k => LocalWork::Steps(k),
+        }
+    }
+
     pub fn schedule(&self) -> Result<crate::schedule::LearningRateSchedule, String> {
         use crate::schedule::LearningRateSchedule;
         match self.learning_rate_schedule.as_str() {
@@ -359,6 +372,9 @@ fine_tune = {fine_tune}
 # What each round asks of the stores: local epochs over their shoppers, AdamW learning rate,
 # windows per batch, and how the update travels (f32, f16 or int8 with unbiased rounding).
 local_epochs = {le}
+# When above 0, every store takes exactly this many optimiser steps a round instead of
+# local_epochs passes: equal work whatever its size.
+local_steps = {ls}
 learning_rate = {lr:?}
 batch_size = {bs}
 encoding = "{enc}"
@@ -421,6 +437,7 @@ tail_average = {tail}
             fine_tune = r.fine_tune,
             central = central_dp_block(r.central_dp.as_ref()),
             le = pl.local_epochs,
+            ls = pl.local_steps,
             lr = pl.learning_rate,
             bs = pl.batch_size,
             enc = pl.encoding,
@@ -520,6 +537,15 @@ mod tests {
     use super::*;
     use crate::aggregate::AggregationRule;
     use crate::aggregate::optimizer::ServerOptimizerConfig;
+
+    #[test]
+    fn local_steps_replace_local_epochs_when_set() {
+        use fedfuse_protocol::msgs::LocalWork;
+        let parsed: ServerConfig = toml::from_str("[plan]\nlocal_epochs = 3\n").unwrap();
+        assert_eq!(parsed.plan.local_work(), LocalWork::Epochs(3));
+        let parsed: ServerConfig = toml::from_str("[plan]\nlocal_epochs = 3\nlocal_steps = 40\n").unwrap();
+        assert_eq!(parsed.plan.local_work(), LocalWork::Steps(40));
+    }
 
     #[test]
     fn the_commented_template_parses_back_to_the_same_config() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use fedfuse_protocol::msgs::{Capabilities, LocalWork, TrainingPlan};
+use fedfuse_protocol::msgs::{Capabilities, TrainingPlan};
 use fedfuse_protocol::tensor::UpdateEncoding;
 use fedfuse_server::config::ServerConfig;
 use fedfuse_server::pki::{self, InitOptions, PlatformDir};
@@ -294,7 +294,7 @@ fn main() -> anyhow::Result<()> {
                 let opts = ServiceOptions {
                     policy: config.round.clone(),
                     plan: TrainingPlan {
-                        work: LocalWork::Epochs(config.plan.local_epochs),
+                        work: config.plan.local_work(),
                         learning_rate: config.plan.learning_rate,
                         batch_size: config.plan.batch_size,
                         proximal_mu: config.plan.proximal_mu().map_err(anyhow::Error::msg)?,

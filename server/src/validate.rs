@@ -36,12 +36,16 @@ const SPEND_SLACK: f64 = 1e-9;
 /// ledger (σ over the grid-rounded sensitivity), so this is the privacy actually claimed.
 fn spend_meets(spend: &PrivacySpend, required: &DpRequirement) -> Result<(), RejectionReason> {
     let weaker = |detail: String| Err(RejectionReason::PrivacyBelowRequirement { detail });
-    let finite = [spend.noise_multiplier, spend.clip_norm, spend.sampling_rate];
+    let finite = [spend.noise_multiplier, spend.clip_norm, spend.sampling_rate, spend.delta];
     if finite.iter().any(|v| !v.is_finite() || *v <= 0.0) {
         return weaker(format!(
-            "noise multiplier {}, clip norm {}, sampling rate {} must be positive numbers",
-            spend.noise_multiplier, spend.clip_norm, spend.sampling_rate
+            "noise multiplier {}, clip norm {}, sampling rate {}, delta {} must be positive numbers",
+            spend.noise_multiplier, spend.clip_norm, spend.sampling_rate, spend.delta
         ));
+    }
+    // The store's ε is stated at its δ: at a larger δ than the round's it promises less.
+    if spend.delta > required.delta * (1.0 + SPEND_SLACK) {
+        return weaker(format!("delta {:e} above the allowed {:e}", spend.delta, required.delta));
     }
     if spend.noise_multiplier < required.min_noise_multiplier * (1.0 - SPEND_SLACK) {
         return weaker(format!(
@@ -320,6 +324,20 @@ pub(crate) mod tests {
                 },
                 "positive numbers",
             ),
+            (
+                PrivacySpend {
+                    delta: 1e-3,
+                    ..a_spend()
+                },
+                "delta 1e-3 above the allowed 1e-5",
+            ),
+            (
+                PrivacySpend {
+                    delta: f64::INFINITY,
+                    ..a_spend()
+                },
+                "positive numbers",
+            ),
         ];
         for (spend, says) in cases {
             match validate(&with(spend), &layout(), &rules).unwrap_err() {
@@ -332,6 +350,7 @@ pub(crate) mod tests {
             noise_multiplier: 2.0,
             clip_norm: 0.5,
             sampling_rate: 0.1,
+            delta: 1e-7,
             ..a_spend()
         };
         assert!(validate(&with(stronger), &layout(), &rules).is_ok());
