@@ -346,7 +346,7 @@ def rounds40_at_20(benchmarks: str):
     return out
 
 
-def exact_section(exact, plain, earlier, central, note):
+def exact_section(exact, plain, earlier, long, central, note):
     """The stores' exact softmax over every item against the sampled one (256 in-batch + 256
     uniform candidates, log-q corrected), both the first recipe for 20 rounds."""
     def mean_of(r, lo, hi):
@@ -395,6 +395,23 @@ def exact_section(exact, plain, earlier, central, note):
                    + (f"{mean_std(pl_hr)[0] / central[0]:.3f}" if central else "–") + " | |")
         out.append(f"| **mean** | exact | **{cell(ex_hr)}** | | | | | | "
                    + (f"{mean_std(ex_hr)[0] / central[0]:.3f}" if central else "–") + " | |")
+    if not long:
+        out.append("\nPer store, exact softmax, 20 rounds:")
+        out.extend(per_store_table(exact))
+    if long:
+        rounds = long[0]["config"]["rounds"]
+        xs = [at_round(r, rounds) for r in long]
+        hr = [x["hr10_full"] for x in xs]
+        out.append(f"\n{rounds} rounds, exact softmax, seeds {', '.join(str(r['config']['seed']) for r in long)}: "
+                   f"HR@10 full **{cell(hr)}** (" + ", ".join(f"{v:.4f}" for v in hr) + f"), NDCG@10 "
+                   f"{cell([x['ndcg10_full'] for x in xs])}, sampled {cell([x['hr10_sampled'] for x in xs])} / "
+                   f"{cell([x['ndcg10_sampled'] for x in xs])}, rounds {rounds - 9}–{rounds} mean "
+                   f"{cell([mean_of(r, rounds - 9, rounds) for r in long])}, worst store "
+                   f"{cell([(r['final'].get('worst_store') or {}).get('hr10', float('nan')) for r in long])}"
+                   + (f", / centralized {mean_std(hr)[0] / central[0]:.3f}" if central else "")
+                   + f"; wall {mean_std([r['final']['seconds'] for r in long])[0]:.0f} s.")
+        out.append(f"\nPer store, exact softmax, {rounds} rounds:")
+        out.extend(per_store_table(long))
     return "\n".join(out) + "\n"
 
 
@@ -446,7 +463,8 @@ def main():
     exact = [r for r in (load(d, "fed_exact") for d in args.reports) if r]
     if exact:
         plain = [r for r in (load(d, "fed_f32") for d in args.reports) if r]
-        table = exact_section(exact, plain, rounds40_at_20(md), central, args.note)
+        long = [r for r in (load(d, "fed_exact40") for d in args.reports) if r]
+        table = exact_section(exact, plain, rounds40_at_20(md), long, central, args.note)
         print(table)
         md = replace_section(md, "federation-exact-softmax", table)
         args.benchmarks.write_text(md)
