@@ -366,7 +366,8 @@ def exact_section(exact, plain, earlier, long, central, note):
         "(centralized, batches of 32 windows, seed 1, it measured the same: HR@10 0.2153 with `train_centralized --batch-size 32 "
         "--in-batch 0 --uniform 1682`, 0.2142 sampled in a quality run of the same model code whose table did not land). *Sampled* is "
         "`fed_f32` of the same build where it ran, else the round 20 of the constant 40-round run of that seed "
-        "(federation-rounds table; reproducible for a seed). " + note + "\n")
+        "(federation-rounds table), made by an earlier build: reproducible for a seed within one build, but not across "
+        "builds (seed 1: 0.1813 there, 0.1845 as `fed_f32` here), so those rows compare with run-to-run noise of that size. " + note + "\n")
     out.append("| seed | loss | HR@10 full after round 20 | NDCG@10 full | HR@10 sampled | NDCG@10 sampled | "
                "rounds 16–20 mean HR@10 | worst store HR@10 | / centralized | wall s |")
     out.append("|---|---|---|---|---|---|---|---|---|---|")
@@ -395,6 +396,11 @@ def exact_section(exact, plain, earlier, long, central, note):
                    + (f"{mean_std(pl_hr)[0] / central[0]:.3f}" if central else "–") + " | |")
         out.append(f"| **mean** | exact | **{cell(ex_hr)}** | | | | | | "
                    + (f"{mean_std(ex_hr)[0] / central[0]:.3f}" if central else "–") + " | |")
+        diffs = [e - p for e, p in zip(ex_hr, pl_hr)]
+        out.append(f"\nExact minus sampled, seed by seed: {', '.join(f'{d:+.4f}' for d in diffs)} (mean "
+                   f"{mean_std(diffs)[0]:+.4f} ± {mean_std(diffs)[1]:.4f}): ahead in {sum(d > 0 for d in diffs)} of "
+                   f"{len(diffs)} seeds, a mean gain within the seeds' spread, so a lead to confirm with more rounds "
+                   "and seeds, not a result.")
     if not long:
         out.append("\nPer store, exact softmax, 20 rounds:")
         out.extend(per_store_table(exact))
