@@ -447,13 +447,43 @@ mod tests {
         }
     }
 
-    /// Two rounds of one store, from the same offered model each round.
-    fn two_rounds(mut store: FusedTrainer, start: &[fedfuse_model::params::NamedParam]) -> Vec<Vec<f32>> {
-        let shapes: Vec<TensorShape> = start
+    /// The global model a tiny store's federation would start from.
+    fn tiny_initial_model() -> Vec<fedfuse_model::params::NamedParam> {
+        let s = tiny_store(1);
+        FusedTrainer::initial_model(s.shape, &s.data.features, &s.device)
+    }
+
+    /// A model as an offer carries it: the tensors' names and shapes, and their values in one run.
+    fn layout_and_values(model: &[fedfuse_model::params::NamedParam]) -> (Vec<TensorShape>, Vec<f32>) {
+        let shapes = model
             .iter()
             .map(|p| (p.name.clone(), p.shape.iter().map(|d| *d as u32).collect()))
             .collect();
-        let flat: Vec<f32> = start.iter().flat_map(|p| p.values.iter().copied()).collect();
+        (shapes, model.iter().flat_map(|p| p.values.iter().copied()).collect())
+    }
+
+    /// A tiny store with user-level DP: its own σ and clip norm, its budget's δ, a ledger in `dir`.
+    fn dp_store(dir: &std::path::Path, delta: f64, noise_multiplier: f64, clip_norm: f64) -> FusedTrainer {
+        use crate::privacy::{StorePrivacy, StorePrivacyPolicy};
+        let policy = StorePrivacyPolicy {
+            budget: fedfuse_privacy::Budget { epsilon_max: 1e6, delta },
+            noise_multiplier,
+            clip_norm,
+            grid_exponent: fedfuse_privacy::noise::DEFAULT_GRID_EXPONENT,
+        };
+        let guard = StorePrivacy::open("berlin", policy, &dir.join("ledger.jsonl")).unwrap();
+        tiny_store(1).with_user_level_dp(UserLevelDp {
+            guard,
+            expected_batch: 2.0,
+            noise_multiplier,
+            clip_norm,
+            negatives: 3,
+        })
+    }
+
+    /// Two rounds of one store, from the same offered model each round.
+    fn two_rounds(mut store: FusedTrainer, start: &[fedfuse_model::params::NamedParam]) -> Vec<Vec<f32>> {
+        let (shapes, flat) = layout_and_values(start);
         (1..=2)
             .map(|round| store.train(round, &shapes, &flat, &plan()).expect("trains").delta)
             .collect()
@@ -464,26 +494,9 @@ mod tests {
     /// by the rounding. A small clip norm makes the rounding's share large enough to see.
     #[test]
     fn a_dp_round_charges_at_least_the_noise_multiplier_the_round_requires() {
-        use crate::privacy::{StorePrivacy, StorePrivacyPolicy};
         use fedfuse_protocol::msgs::{DpRequirement, NoiseMode, PrivacyUnit};
         let dir = tempfile::tempdir().unwrap();
-        let policy = StorePrivacyPolicy {
-            budget: fedfuse_privacy::Budget {
-                epsilon_max: 1e6,
-                delta: 1e-5,
-            },
-            noise_multiplier: 0.5,
-            clip_norm: 2.0,
-            grid_exponent: fedfuse_privacy::noise::DEFAULT_GRID_EXPONENT,
-        };
-        let guard = StorePrivacy::open("berlin", policy, &dir.path().join("ledger.jsonl")).unwrap();
-        let store = tiny_store(1).with_user_level_dp(UserLevelDp {
-            guard,
-            expected_batch: 2.0,
-            noise_multiplier: 0.5,
-            clip_norm: 2.0,
-            negatives: 3,
-        });
+        let store = dp_store(dir.path(), 1e-5, 0.5, 2.0);
         let required = DpRequirement {
             unit: PrivacyUnit::Shopper,
             noise_mode: NoiseMode::Local,
@@ -514,15 +527,7 @@ mod tests {
     /// and a half epochs' worth.
     #[test]
     fn a_steps_plan_trains_exactly_that_many_batches() {
-        let start = {
-            let s = tiny_store(1);
-            FusedTrainer::initial_model(s.shape, &s.data.features, &s.device)
-        };
-        let shapes: Vec<TensorShape> = start
-            .iter()
-            .map(|p| (p.name.clone(), p.shape.iter().map(|d| *d as u32).collect()))
-            .collect();
-        let flat: Vec<f32> = start.iter().flat_map(|p| p.values.iter().copied()).collect();
+        let (shapes, flat) = layout_and_values(&tiny_initial_model());
         let examples = |work: LocalWork| {
             let plan = TrainingPlan { work, ..plan() };
             tiny_store(1).train(1, &shapes, &flat, &plan).expect("trains").example_count
@@ -537,26 +542,9 @@ mod tests {
     /// round requires: it refuses before training and charges nothing.
     #[test]
     fn a_store_refuses_a_round_whose_delta_is_below_its_own() {
-        use crate::privacy::{StorePrivacy, StorePrivacyPolicy};
         use fedfuse_protocol::msgs::{DpRequirement, NoiseMode, PrivacyUnit};
         let dir = tempfile::tempdir().unwrap();
-        let policy = StorePrivacyPolicy {
-            budget: fedfuse_privacy::Budget {
-                epsilon_max: 1e6,
-                delta: 1e-4,
-            },
-            noise_multiplier: 1.0,
-            clip_norm: 1.0,
-            grid_exponent: fedfuse_privacy::noise::DEFAULT_GRID_EXPONENT,
-        };
-        let guard = StorePrivacy::open("lyon", policy, &dir.path().join("ledger.jsonl")).unwrap();
-        let store = tiny_store(1).with_user_level_dp(UserLevelDp {
-            guard,
-            expected_batch: 2.0,
-            noise_multiplier: 1.0,
-            clip_norm: 1.0,
-            negatives: 3,
-        });
+        let store = dp_store(dir.path(), 1e-4, 1.0, 1.0);
         let with_delta = |delta: f64| TrainingPlan {
             dp: Some(DpRequirement {
                 unit: PrivacyUnit::Shopper,
@@ -581,15 +569,7 @@ mod tests {
     /// the global model moved otherwise than the store did, its training is steered.
     #[test]
     fn the_drift_correction_is_nothing_for_a_store_that_moved_as_the_federation_did() {
-        let start = {
-            let s = tiny_store(1);
-            FusedTrainer::initial_model(s.shape, &s.data.features, &s.device)
-        };
-        let shapes: Vec<TensorShape> = start
-            .iter()
-            .map(|p| (p.name.clone(), p.shape.iter().map(|d| *d as u32).collect()))
-            .collect();
-        let x0: Vec<f32> = start.iter().flat_map(|p| p.values.iter().copied()).collect();
+        let (shapes, x0) = layout_and_values(&tiny_initial_model());
         let rounds = |corrected: bool, global_step: f32| {
             let mut store = tiny_store(1);
             if corrected {
