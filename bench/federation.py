@@ -363,8 +363,9 @@ def exact_section(exact, plain, earlier, long, central, note):
         "so no sampling and no log-q correction) instead of the sampled softmax over 256 in-batch + 256 uniform candidates. "
         "A store's batch of 8 windows holds at most 400 targets, so its in-batch candidates and their log-q correction come "
         "from a small, store-skewed sample; the exact softmax is the loss the sampled one estimates, without that noise "
-        "(centralized, batches of 32 windows, seed 1, it measured the same: HR@10 0.2153 with `train_centralized --batch-size 32 "
-        "--in-batch 0 --uniform 1682`, 0.2142 sampled in a quality run of the same model code whose table did not land). *Sampled* is "
+        "(centralized, batches of 32 windows, `train_centralized --batch-size 32 --in-batch 0 --uniform 1682`: HR@10 0.2153 "
+        "and 0.2057 for seeds 1 and 2, against 0.2142 and 0.1994 sampled in a quality run of the same model code whose table "
+        "did not land: +0.0011 and +0.0063, so part of the gain may be the model's, not only the federation's). *Sampled* is "
         "`fed_f32` of the same build where it ran, else the round 20 of the constant 40-round run of that seed "
         "(federation-rounds table), made by an earlier build: reproducible for a seed within one build, but not across "
         "builds (seed 1: 0.1813 there, 0.1845 as `fed_f32` here), so those rows compare with run-to-run noise of that size. " + note + "\n")
