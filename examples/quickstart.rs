@@ -419,11 +419,7 @@ fn main() -> anyhow::Result<()> {
             .iter()
             .map(|st| {
                 let q = (cli.dp_batch / st.shoppers as f64).min(1.0);
-                let per_round = match cli.local_steps {
-                    0 => (f64::from(cli.local_epochs) / q).ceil() as u64,
-                    k => u64::from(k),
-                };
-                let steps = cli.rounds * per_round;
+                let steps = cli.rounds * LocalWork::of(cli.local_epochs, cli.local_steps).dp_sgd_steps(q);
                 noise_multiplier_for(epsilon * 0.99, cli.delta, q, steps, Accountant::Pld).map_err(anyhow::Error::msg)
             })
             .collect::<anyhow::Result<_>>()?,
@@ -487,10 +483,7 @@ fn main() -> anyhow::Result<()> {
         let options = ServiceOptions {
             policy,
             plan: TrainingPlan {
-                work: match cli.local_steps {
-                    0 => LocalWork::Epochs(cli.local_epochs),
-                    k => LocalWork::Steps(k),
-                },
+                work: LocalWork::of(cli.local_epochs, cli.local_steps),
                 learning_rate: cli.lr,
                 batch_size: cli.batch_size,
                 proximal_mu: {

@@ -183,11 +183,7 @@ impl FusedTrainer {
                     q = q.min(req.max_sampling_rate);
                 }
             }
-            // An epoch of DP-SGD is 1/q Poisson-sampled steps.
-            let steps = match plan.work {
-                LocalWork::Epochs(e) => (f64::from(e.max(1)) / q).ceil().max(1.0) as usize,
-                LocalWork::Steps(k) => k.max(1) as usize,
-            };
+            let steps = plan.work.dp_sgd_steps(q) as usize;
             let grid = fedfuse_privacy::noise::DEFAULT_GRID_EXPONENT;
             let dims = self.dims;
             if let Some(req) = &plan.dp {

@@ -130,11 +130,7 @@ impl Default for PlanSection {
 impl PlanSection {
     /// What each round asks of a store: `local_steps` steps when set, else `local_epochs`.
     pub fn local_work(&self) -> fedfuse_protocol::msgs::LocalWork {
-        use fedfuse_protocol::msgs::LocalWork;
-        match self.local_steps {
-            0 => LocalWork::Epochs(self.local_epochs),
-            k => LocalWork::Steps(k),
-        }
+        fedfuse_protocol::msgs::LocalWork::of(self.local_epochs, self.local_steps)
     }
 
     pub fn schedule(&self) -> Result<crate::schedule::LearningRateSchedule, String> {

@@ -11,6 +11,26 @@ pub enum LocalWork {
     Epochs(u32),
 }
 
+impl LocalWork {
+    /// `steps` optimiser steps when above 0, else `epochs` passes: how a config that has
+    /// both keys says which it means.
+    pub fn of(epochs: u32, steps: u32) -> Self {
+        match steps {
+            0 => Self::Epochs(epochs),
+            k => Self::Steps(k),
+        }
+    }
+
+    /// DP-SGD steps this work takes at Poisson sampling rate `q` (an epoch is 1/q steps); at
+    /// least one. What a store charges a round and what a whole run is calibrated for.
+    pub fn dp_sgd_steps(&self, q: f64) -> u64 {
+        match *self {
+            Self::Epochs(e) => (f64::from(e.max(1)) / q).ceil().max(1.0) as u64,
+            Self::Steps(k) => u64::from(k.max(1)),
+        }
+    }
+}
+
 /// Whose contribution the DP guarantee protects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PrivacyUnit {
