@@ -25,6 +25,10 @@ pub const DEFAULT_INTERVAL: f64 = 1e-4;
 const LOG_MASS_TRUNCATION: f64 = -50.0;
 /// Mass a composition may leave outside its window; it goes to +∞.
 const TAIL_MASS: f64 = 1e-15;
+/// Largest privacy loss put on a grid. e^{±L} leaves f64 beyond ~709 and no ε that large
+/// protects anyone, so a single step's losses above it go to +∞ (connect-the-dots' mass past
+/// the last grid point) and losses below −MAX_LOSS are lifted to it: both pessimistic.
+const MAX_LOSS: f64 = 600.0;
 /// Largest FFT the accountant will run (2^25 points, 512 MiB of complex numbers). Beyond it
 /// the grid is coarsened, which stays pessimistic.
 const MAX_FFT: usize = 1 << 25;
@@ -88,15 +92,17 @@ fn normal_log_quantile(log_mass: f64) -> f64 {
 /// quantiles on either side (beyond them, connect-the-dots puts the mass at the ends).
 fn loss_bounds(sigma: f64, q: f64, relation: Neighbour) -> (f64, f64) {
     let z = normal_log_quantile(LOG_MASS_TRUNCATION).abs() * sigma;
+    // ln(q·e^{(2x−1)/(2σ²)} + 1 − q) in log space: for σ below ~0.03 the exponent passes 709
+    // and e^{…} would be +∞ (and, before, made the grid infinitely coarse and ε 0).
     let loss = |x: f64| {
-        let l = ((2.0 * x - 1.0) / (2.0 * sigma * sigma) + q.ln()).exp() + (1.0 - q);
+        let l = log_add((2.0 * x - 1.0) / (2.0 * sigma * sigma) + q.ln(), (-q).ln_1p());
         match relation {
-            Neighbour::Remove => l.ln(),
-            Neighbour::Add => -l.ln(),
+            Neighbour::Remove => l,
+            Neighbour::Add => -l,
         }
     };
     let (a, b) = (loss(-z), loss(1.0 + z));
-    (a.min(b), a.max(b))
+    (a.min(b).max(-MAX_LOSS), a.max(b).min(MAX_LOSS))
 }
 
 impl Pld {
@@ -211,10 +217,41 @@ impl Pld {
         }
     }
 
-    /// The composition of two PLDs on the same grid.
+    /// This PLD on a grid at least as coarse, every loss rounded up to the grid point at or
+    /// above it: larger losses only raise δ(ε), so the result stays pessimistic. A finer
+    /// `interval` than this PLD's returns it unchanged (refining would need the exact δ).
+    pub fn coarsened(&self, interval: f64) -> Self {
+        if !(interval > self.interval) {
+            return self.clone();
+        }
+        let ratio = self.interval / interval;
+        let index = |k: i64| (k as f64 * ratio).ceil() as i64;
+        let lo = index(self.offset);
+        let hi = index(self.offset + self.pmf.len() as i64 - 1).max(lo);
+        let mut pmf = vec![0.0; (hi - lo + 1) as usize];
+        for (i, &mass) in self.pmf.iter().enumerate() {
+            pmf[(index(self.offset + i as i64) - lo) as usize] += mass;
+        }
+        Self {
+            interval,
+            offset: lo,
+            pmf,
+            infinity_mass: self.infinity_mass,
+        }
+    }
+
+    /// The composition of two PLDs, on the coarser of their grids: terms of one ledger may
+    /// need different grids (a term whose losses span more than [`MAX_FFT`] fine points is
+    /// coarsened on its own), and the finer one is coarsened to meet it.
     pub fn compose(&self, other: &Self) -> Self {
-        assert_eq!(self.interval, other.interval, "PLDs on different grids");
-        let width = self.pmf.len() + other.pmf.len() - 1;
+        let interval = self.interval.max(other.interval);
+        let (a, b) = (self.coarsened(interval), other.coarsened(interval));
+        a.compose_on_one_grid(&b)
+    }
+
+    fn compose_on_one_grid(&self, other: &Self) -> Self {
+        debug_assert_eq!(self.interval, other.interval);
+        let width = (self.pmf.len() + other.pmf.len()).saturating_sub(1).max(1);
         let n = width.next_power_of_two();
         let mut planner = FftPlanner::new();
         let fwd = planner.plan_fft_forward(n);
@@ -482,6 +519,66 @@ mod tests {
         for delta in [1e-3, 1e-6] {
             let (a, b) = (by_fft.epsilon_for_delta(delta), by_pairs.epsilon_for_delta(delta));
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn coarsening_keeps_the_mass_and_only_raises_delta() {
+        let fine = Pld::subsampled_gaussian(1.0, 0.2, Neighbour::Remove, 1e-2);
+        let coarse = fine.coarsened(4e-2);
+        assert_eq!(coarse.interval, 4e-2);
+        let mass = |p: &Pld| p.pmf.iter().sum::<f64>() + p.infinity_mass;
+        assert!((mass(&coarse) - mass(&fine)).abs() < 1e-12);
+        for eps in [0.0, 0.1, 0.37, 1.0, 2.5] {
+            let (f, c) = (fine.delta_for_epsilon(eps), coarse.delta_for_epsilon(eps));
+            assert!(c >= f - 1e-15, "ε {eps}: coarse δ {c} below fine δ {f}");
+        }
+        // Rounding each loss up by less than one coarse step costs at most that step in ε.
+        for delta in [1e-3, 1e-6] {
+            let (f, c) = (fine.epsilon_for_delta(delta), coarse.epsilon_for_delta(delta));
+            assert!(c >= f && c <= f + 4e-2, "δ {delta}: {c} vs {f}");
+        }
+        assert_eq!(fine.coarsened(1e-3).interval, 1e-2, "never refined");
+    }
+
+    #[test]
+    fn terms_on_different_grids_compose_on_the_coarser_one() {
+        // σ = 0.04 spans more losses than MAX_FFT points of the default grid hold, so its term
+        // is coarsened while σ = 1 keeps the default grid: a ledger holding both (a resumed
+        // run whose noise changed) used to stop the accountant with a grid mismatch.
+        let delta = 1e-5;
+        let gaussians = DpEvent::Composed {
+            events: vec![DpEvent::dp_sgd(1.0, 1.0, 1), DpEvent::dp_sgd(0.04, 1.0, 1)],
+        };
+        let eps = epsilon(&gaussians, delta).expect("mixed grids compose");
+        // Two Gaussians are one with 1/σ² = 1/1² + 1/0.04².
+        let exact = gaussian_epsilon((1.0 + 1.0 / 0.0016f64).recip().sqrt(), delta);
+        assert!(eps >= exact - 1e-9 && eps <= exact * 1.01, "{eps} vs exact {exact}");
+
+        let mixed = DpEvent::Composed {
+            events: vec![DpEvent::dp_sgd(1.0, 0.01, 1000), DpEvent::dp_sgd(0.04, 1.0, 1)],
+        };
+        let eps = epsilon(&mixed, delta).expect("mixed grids compose");
+        let alone = epsilon(&DpEvent::dp_sgd(0.04, 1.0, 1), delta).unwrap();
+        let rdp = crate::rdp::epsilon(&mixed, delta).unwrap();
+        assert!(
+            eps > alone && eps <= rdp,
+            "PLD {eps}, the coarse term alone {alone}, RDP {rdp}"
+        );
+    }
+
+    #[test]
+    fn almost_no_noise_is_almost_no_privacy_not_zero_epsilon() {
+        // σ = 0.01: the step's losses reach the thousands, past where e^L is finite; the grid
+        // once became infinitely coarse here and reported ε = 0.
+        for event in [
+            DpEvent::dp_sgd(0.01, 0.5, 10),
+            DpEvent::Composed {
+                events: vec![DpEvent::dp_sgd(1.0, 1.0, 1), DpEvent::dp_sgd(0.01, 1.0, 1)],
+            },
+        ] {
+            let eps = epsilon(&event, 1e-5).unwrap();
+            assert!(eps > 100.0, "{event:?}: ε {eps}");
         }
     }
 }
