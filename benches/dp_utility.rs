@@ -85,7 +85,7 @@ fn main() {
     };
     let mut rows: Vec<(String, [f64; 4], String)> = Vec::new();
     eprintln!("non-private reference…");
-    let plain = run_experiment(&experiment, 1, |_, _| {});
+    let plain = run_experiment(&experiment, 1, |_, _| {}).expect("the benchmark's config trains");
     rows.push((
         "no DP".into(),
         m(&plain.test),

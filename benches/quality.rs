@@ -173,7 +173,7 @@ fn main() {
         let mut epochs = Vec::new();
         for &seed in &args.seeds {
             let t = Instant::now();
-            let outcome = run_experiment(&experiment, seed, |_, _| {});
+            let outcome = run_experiment(&experiment, seed, |_, _| {}).expect("the benchmark's config trains");
             eprintln!(
                 "{name} seed {seed}: test HR@10 {:.4} NDCG@10 {:.4} (best epoch {:?}, {:.0} s)",
                 outcome.test.full.overall.mean.hit_rate,

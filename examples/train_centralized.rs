@@ -233,7 +233,7 @@ fn main() -> anyhow::Result<()> {
                             e.validation_ndcg10
                         );
                     }
-                }),
+                })?,
                 Some(plan) => {
                     let (outcome, spent) = run_dp_experiment(&experiment, plan, seed, |group, steps, hr| {
                         if !quiet {

@@ -20,7 +20,7 @@ use fedfuse_server::layout::{ModelLayout, TensorSpec};
 use fedfuse_server::pki::{self, InitOptions, PlatformDir, StoreBundle};
 use fedfuse_server::round::RoundPolicy;
 use fedfuse_server::schedule::LearningRateSchedule;
-use fedfuse_server::service::{ServiceOptions, ServiceReport, run_aggregator};
+use fedfuse_server::service::{FineTuned, FineTuner, ServiceOptions, ServiceReport, run_aggregator, run_aggregator_with};
 use fedfuse_server::state::AggregatorState;
 use fedfuse_transport::{AggregatorEndpoint, PeerConnection, StoreEndpoint, TransportTuning};
 use tokio::sync::watch;
@@ -957,4 +957,115 @@ async fn the_aggregator_keeps_the_average_of_the_last_models_beside_the_latest()
     assert_close(&served.params, (2.4375 + 2.84375) / 2.0);
     let latest = reopened.load(&reopened.committed().unwrap().unwrap()).unwrap();
     assert_close(&latest.params, 2.84375);
+}
+
+/// An aggregator whose plan no store could train, or whose schedule would come to offer
+/// one, does not start, and says which value is wrong: stores would otherwise refuse every
+/// offer (or, before they checked, crash on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregator_with_a_plan_no_store_could_train_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = pki::init(dir.path(), &InitOptions::default()).unwrap();
+    let mut too_fast = options(policy(1, 1, 1));
+    too_fast.plan.learning_rate = 2.0;
+    let to_zero = options_with(
+        policy(1, 1, 3),
+        LearningRateSchedule::Cosine {
+            min_learning_rate: 0.0,
+            hold_rounds: 0,
+        },
+    );
+    for (opts, want) in [
+        (too_fast, "learning rate 2 is not in (0, 1]"),
+        (to_zero, "min_learning_rate 0 must be above 0"),
+    ] {
+        let (identity, trust) = platform.aggregator_tls().unwrap();
+        let endpoint = Arc::new(
+            AggregatorEndpoint::bind(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                identity,
+                &trust,
+                TransportTuning::default(),
+            )
+            .unwrap(),
+        );
+        let state_dir = tempfile::tempdir().unwrap();
+        let state = AggregatorState::open(state_dir.path()).unwrap();
+        let (_stop, stopped) = watch::channel(false);
+        let err = run_aggregator(endpoint, state, Some((layout(), vec![0.0; PARAMS])), opts, stopped)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(want), "{err}");
+    }
+}
+
+/// A platform fine-tuner with a bug.
+struct PanickingTuner;
+
+impl FineTuner for PanickingTuner {
+    fn fine_tune(&mut self, _version: u64, _layout: &ModelLayout, _params: &[f32]) -> Result<FineTuned, String> {
+        panic!("a bug in the fine-tuner")
+    }
+}
+
+/// Fine-tuning runs on a blocking thread; a panic there once left the round waiting for it
+/// forever. Now it is the round's fine-tuning error: the aggregate is published untuned and
+/// the federation goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_fine_tuner_costs_the_rounds_tuning_not_the_federation() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = pki::init(dir.path(), &InitOptions::default()).unwrap();
+    let (identity, trust) = platform.aggregator_tls().unwrap();
+    let endpoint = Arc::new(
+        AggregatorEndpoint::bind(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            identity,
+            &trust,
+            TransportTuning::default(),
+        )
+        .unwrap(),
+    );
+    let addr = endpoint.local_addr().unwrap();
+    let state_dir = tempfile::tempdir().unwrap();
+    let state = AggregatorState::open(state_dir.path()).unwrap();
+    let (_stop, stopped) = watch::channel(false);
+    let opts = options(RoundPolicy {
+        fine_tune: true,
+        ..policy(2, 2, 2)
+    });
+    let service = tokio::spawn(run_aggregator_with(
+        endpoint,
+        state,
+        Some((layout(), vec![0.0; PARAMS])),
+        opts,
+        stopped,
+        Some(Box::new(PanickingTuner)),
+    ));
+    let stores: Vec<_> = [("a", 1.0), ("b", 3.0)]
+        .iter()
+        .map(|&(name, t)| {
+            tokio::spawn(store(
+                platform.issue_store(name, 1).unwrap(),
+                addr,
+                TowardTarget {
+                    target: target(t),
+                    examples: 1,
+                    poison: false,
+                    offered_rates: Default::default(),
+                    validation: None,
+                },
+            ))
+        })
+        .collect();
+    let report = tokio::time::timeout(Duration::from_secs(60), service)
+        .await
+        .expect("the federation finishes")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.version, 2);
+    assert_close(&report.params, 2.0);
+    assert!(report.fine_tuning.is_empty(), "no round kept a tuning");
+    for s in futures_join(stores).await {
+        assert_eq!(s.accepted, vec![1, 2]);
+    }
 }

@@ -141,7 +141,12 @@ pub async fn run_private_session(
                 let tensors = decode_model_blob(&blob).map_err(|e| AgentError::BadModel(e.to_string()))?;
                 let shapes: Vec<TensorShape> = tensors.iter().map(|(t, _)| (t.name.clone(), t.shape.clone())).collect();
                 let params: Vec<f32> = tensors.into_iter().flat_map(|(_, v)| v).collect();
-                let unmet = unmet_requirement(offer.plan.dp.as_ref(), trainer.privacy_unit(), guard.is_some());
+                let unmet = offer
+                    .plan
+                    .check()
+                    .err()
+                    .map(|e| format!("the aggregator's plan cannot be trained: {e}"))
+                    .or_else(|| unmet_requirement(offer.plan.dp.as_ref(), trainer.privacy_unit(), guard.is_some()));
                 if let Some(reason) = unmet.or_else(|| trainer.refuses(offer.round_id, &offer.plan)) {
                     tracing::warn!(%reason, "not training");
                     let _ = conn.send(&Message::Bye(Bye { reason: reason.clone() })).await;

@@ -26,7 +26,7 @@ use fedfuse_model::params::{export, import, unflatten};
 use fedfuse_model::train::{TrainConfig, train_with};
 use fedfuse_model::window::CandidateConfig;
 use fedfuse_privacy::noise::GridGaussian;
-use fedfuse_protocol::msgs::{LocalWork, Metric, TrainingPlan, validation_metric};
+use fedfuse_protocol::msgs::{LocalWork, MAX_LOCAL_STEPS, Metric, TrainingPlan, validation_metric};
 
 use crate::privacy::StorePrivacy;
 use crate::{LocalTrainer, LocalUpdate, TensorShape};
@@ -183,7 +183,13 @@ impl FusedTrainer {
                     q = q.min(req.max_sampling_rate);
                 }
             }
-            let steps = plan.work.dp_sgd_steps(q) as usize;
+            let steps = plan.work.dp_sgd_steps(q);
+            if steps > MAX_LOCAL_STEPS {
+                return Err(format!(
+                    "DP-SGD at this store's sampling rate {q} takes {steps} steps a round, more than {MAX_LOCAL_STEPS}: raise expected_batch"
+                ));
+            }
+            let steps = steps as usize;
             let grid = fedfuse_privacy::noise::DEFAULT_GRID_EXPONENT;
             let dims = self.dims;
             if let Some(req) = &plan.dp {
@@ -318,7 +324,8 @@ impl LocalTrainer for FusedTrainer {
                     &self.data.sequences,
                     &config,
                     |_, _| true,
-                );
+                )
+                .map_err(|e| e.to_string())?;
                 let examples: usize = reports.iter().map(|r| r.examples).sum();
                 let steps: usize = reports.iter().map(|r| r.steps).sum();
                 let loss = reports.last().map_or(f64::NAN, |r| r.mean_loss);

@@ -15,7 +15,7 @@ use crate::catalog::CatalogTensors;
 use crate::evaluate::FusedScorer;
 use crate::fused::FusedRecommender;
 use crate::params::{export, import};
-use crate::train::{TrainConfig, train};
+use crate::train::{InvalidTrainConfig, TrainConfig, train};
 
 /// Parameter path prefixes fine-tuning may change.
 pub const FUSION_PARAMETERS: [&str; 3] = ["alpha", "content_scale", "head_"];
@@ -59,7 +59,7 @@ pub fn fine_tune_fusion(
     split: &Split,
     validation_cases: &[usize],
     train_config: &TrainConfig,
-) -> (FusedRecommender, FineTuneReport) {
+) -> Result<(FusedRecommender, FineTuneReport), InvalidTrainConfig> {
     let started = std::time::Instant::now();
     let (hr0, ndcg0) = validation(model, eval_catalog, split, validation_cases);
     let device = train_catalog.category.device();
@@ -68,7 +68,7 @@ pub fn fine_tune_fusion(
         trainable: FUSION_PARAMETERS.iter().map(|p| p.to_string()).collect(),
         ..train_config.clone()
     };
-    let (tuned, _) = train(trainable, train_catalog, sequences, &tc, |_, _| true);
+    let (tuned, _) = train(trainable, train_catalog, sequences, &tc, |_, _| true)?;
     let tuned = tuned.valid();
     let (hr1, ndcg1) = validation(&tuned, eval_catalog, split, validation_cases);
     let kept = ndcg1 >= ndcg0;
@@ -80,5 +80,5 @@ pub fn fine_tune_fusion(
         kept,
         seconds: started.elapsed().as_secs_f64(),
     };
-    (if kept { tuned } else { model.clone() }, report)
+    Ok((if kept { tuned } else { model.clone() }, report))
 }

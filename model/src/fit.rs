@@ -17,6 +17,7 @@ use crate::evaluate::FusedScorer;
 use crate::fused::{FusedConfig, FusedRecommender};
 use crate::item_tower::ItemTowerConfig;
 use crate::sequence::{EncoderKind, SequenceEncoderConfig};
+use crate::train::InvalidTrainConfig;
 use crate::train::{EpochReport, TrainConfig, train};
 
 /// The model's hyper-parameters. The aggregator and every store must agree on them (an offered
@@ -123,7 +124,7 @@ pub fn fit(
     config: &TrainConfig,
     patience: usize,
     mut on_epoch: impl FnMut(&FitEpoch),
-) -> Fitted {
+) -> Result<Fitted, InvalidTrainConfig> {
     let started = std::time::Instant::now();
     let mut best: Option<(f64, usize, FusedRecommender)> = None;
     let mut epochs = Vec::new();
@@ -152,14 +153,14 @@ pub fn fit(
         epochs.push(epoch);
         let since_best = report.epoch - best.as_ref().map_or(0, |(_, e, _)| *e);
         since_best < patience.max(1)
-    });
+    })?;
     let (_, best_epoch, model) = best.unwrap_or_else(|| (0.0, 0, last.valid()));
-    Fitted {
+    Ok(Fitted {
         model,
         best_epoch,
         epochs,
         train_seconds: started.elapsed().as_secs_f64(),
-    }
+    })
 }
 
 /// Who trains together in an experiment.
@@ -241,7 +242,11 @@ pub fn groups(dataset: &Dataset, split: &Split, grouping: Grouping) -> Vec<Group
 
 /// Runs `experiment` with `seed`: fits each group with early stopping and evaluates its best
 /// model on its test cases. `on_epoch(group, epoch)` sees every epoch.
-pub fn run_experiment(experiment: &Experiment, seed: u64, mut on_epoch: impl FnMut(&str, &FitEpoch)) -> Outcome {
+pub fn run_experiment(
+    experiment: &Experiment,
+    seed: u64,
+    mut on_epoch: impl FnMut(&str, &FitEpoch),
+) -> Result<Outcome, InvalidTrainConfig> {
     let features = ItemFeatures::from_catalog(&experiment.dataset.catalog);
     let vocabulary = features.vocabulary(TITLE_LEN);
     let train_device = experiment.device.clone().autodiff();
@@ -268,7 +273,7 @@ pub fn run_experiment(experiment: &Experiment, seed: u64, mut on_epoch: impl FnM
             &config,
             experiment.patience,
             |e| on_epoch(&group.name, e),
-        );
+        )?;
         evaluate_into(
             &mut FusedScorer::new(&fitted.model, &eval_catalog),
             experiment.split,
@@ -283,13 +288,13 @@ pub fn run_experiment(experiment: &Experiment, seed: u64, mut on_epoch: impl FnM
         seconds += fitted.epochs.iter().map(|e| e.train.seconds).sum::<f64>();
         train_seconds += fitted.train_seconds;
     }
-    Outcome {
+    Ok(Outcome {
         test: test.finish(10),
         fusion_weights: weights,
         best_epochs,
         examples_per_second: examples / seconds.max(1e-9),
         train_seconds,
-    }
+    })
 }
 
 /// Title tokens (and genres) kept per item.

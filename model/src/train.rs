@@ -88,6 +88,38 @@ impl Default for TrainConfig {
     }
 }
 
+/// A training configuration no optimiser could run; it may come from a federation's offer,
+/// so it is an error to report, not a panic.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("training configuration: {0}")]
+pub struct InvalidTrainConfig(pub String);
+
+impl TrainConfig {
+    /// The learning rates are numbers with 0 < min ≤ rate ≤ 1 (what AdamW with a cosine
+    /// schedule takes) and windows hold at least one item.
+    pub fn check(&self) -> Result<(), InvalidTrainConfig> {
+        let (lr, min) = (self.learning_rate, self.min_learning_rate);
+        if !(lr > 0.0 && lr <= 1.0) {
+            return Err(InvalidTrainConfig(format!("learning rate {lr} must be in (0, 1]")));
+        }
+        if !(min >= 0.0 && min <= lr) {
+            return Err(InvalidTrainConfig(format!(
+                "minimum learning rate {min} must be in [0, {lr}]"
+            )));
+        }
+        if self.max_len == 0 {
+            return Err(InvalidTrainConfig("max_len must be at least 1".into()));
+        }
+        if !(self.proximal_mu >= 0.0 && self.proximal_mu.is_finite()) {
+            return Err(InvalidTrainConfig(format!(
+                "proximal μ {} must be a number ≥ 0",
+                self.proximal_mu
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The loss of a batch (scalar): mean over its predictions.
 pub fn loss(
     model: &FusedRecommender,
@@ -253,14 +285,14 @@ pub struct EpochReport {
 }
 
 /// Trains `model` (on an autodiff device) for `config.epochs`, calling `after_epoch` after
-/// each; it returns `false` to stop early.
+/// each; it returns `false` to stop early. A config [`TrainConfig::check`] refuses is an error.
 pub fn train(
     model: FusedRecommender,
     catalog: &CatalogTensors,
     sequences: &[Vec<u32>],
     config: &TrainConfig,
     after_epoch: impl FnMut(&EpochReport, &FusedRecommender) -> bool,
-) -> (FusedRecommender, Vec<EpochReport>) {
+) -> Result<(FusedRecommender, Vec<EpochReport>), InvalidTrainConfig> {
     let mut optim = AdamWConfig::new().with_weight_decay(config.weight_decay).init();
     train_with(model, &mut optim, catalog, sequences, config, after_epoch)
 }
@@ -274,7 +306,8 @@ pub fn train_with(
     sequences: &[Vec<u32>],
     config: &TrainConfig,
     mut after_epoch: impl FnMut(&EpochReport, &FusedRecommender) -> bool,
-) -> (FusedRecommender, Vec<EpochReport>) {
+) -> Result<(FusedRecommender, Vec<EpochReport>), InvalidTrainConfig> {
+    config.check()?;
     let device = catalog.category.device();
     let n_items = catalog.vocabulary.items - 1;
     let mut all: Vec<Window> = windows(sequences, config.max_len);
@@ -288,7 +321,7 @@ pub fn train_with(
     let mut schedule = CosineAnnealingLrSchedulerConfig::new(config.learning_rate, (total_steps - warmup).max(1))
         .with_min_lr(config.min_learning_rate)
         .init()
-        .expect("a learning rate in (0, 1]");
+        .map_err(InvalidTrainConfig)?;
     let mut rng = SplitMix(config.seed);
     // Dropout masks follow from the seed too, whatever else trains in this process.
     crate::dropout::seed_dropout_on_this_thread(config.seed ^ 0xD50F_0A7E_5EED_0001);
@@ -372,5 +405,5 @@ pub fn train_with(
         }
     }
     bar.finish_and_clear();
-    (model, reports)
+    Ok((model, reports))
 }

@@ -192,7 +192,7 @@ fn training_learns_a_sequential_pattern() {
             objective,
             ..TrainConfig::default()
         };
-        let (m, reports) = train(m, &catalog, &walks(), &config, |_, _| true);
+        let (m, reports) = train(m, &catalog, &walks(), &config, |_, _| true).expect("a valid config");
         let (first, last) = (reports[0].mean_loss, reports.last().unwrap().mean_loss);
         assert!(last < 0.5 * first, "{objective:?} {candidates:?}: loss {first} → {last}");
         assert_eq!(reports[0].examples, ITEMS * 9, "every next-item prediction once per epoch");
@@ -223,7 +223,7 @@ fn fedprox_keeps_training_near_its_start() {
             proximal_mu: mu,
             ..TrainConfig::default()
         };
-        let (m, _) = train(m, &catalog, &walks(), &config, |_, _| true);
+        let (m, _) = train(m, &catalog, &walks(), &config, |_, _| true).expect("a valid config");
         export(&m)
             .iter()
             .zip(&start)
@@ -255,7 +255,7 @@ fn a_step_shift_moves_the_parameters_by_the_learning_rate_times_the_shift_per_st
             step_shift: shift.map(std::sync::Arc::new),
             ..TrainConfig::default()
         };
-        let (m, reports) = train(m, &catalog, &walks(), &config, |_, _| true);
+        let (m, reports) = train(m, &catalog, &walks(), &config, |_, _| true).expect("a valid config");
         assert_eq!(reports[0].steps, 1);
         export(&m)
     };
@@ -304,7 +304,7 @@ fn max_steps_takes_exactly_that_many_steps_across_passes() {
             max_len: 6,
             ..TrainConfig::default()
         };
-        let (_, reports) = train(start.clone(), &catalog, &walks(), &config, |_, _| true);
+        let (_, reports) = train(start.clone(), &catalog, &walks(), &config, |_, _| true).expect("a valid config");
         reports.iter().map(|r| r.steps).collect::<Vec<_>>()
     };
     // Every window in one batch: one step per pass, so five passes.
@@ -315,4 +315,60 @@ fn max_steps_takes_exactly_that_many_steps_across_passes() {
     assert_eq!(run(1, 3), vec![3]);
     // One pass and two steps of the next.
     assert_eq!(run(1, windows + 2), vec![windows, 2]);
+}
+
+/// A learning rate no optimiser can use (it may arrive in a federation's offer) is an error
+/// that names it, not a panic inside the scheduler.
+#[test]
+fn training_with_an_unusable_configuration_is_an_error_not_a_panic() {
+    let device = Device::flex().autodiff();
+    let (m, catalog) = model(&device, 3);
+    let base = TrainConfig {
+        epochs: 1,
+        batch_size: 4,
+        max_len: 6,
+        ..TrainConfig::default()
+    };
+    let cases = [
+        (
+            TrainConfig {
+                learning_rate: 0.0,
+                ..base.clone()
+            },
+            "learning rate 0 must be in (0, 1]",
+        ),
+        (
+            TrainConfig {
+                learning_rate: f64::NAN,
+                ..base.clone()
+            },
+            "learning rate NaN",
+        ),
+        (
+            TrainConfig {
+                learning_rate: 2.0,
+                ..base.clone()
+            },
+            "learning rate 2 must be in (0, 1]",
+        ),
+        (
+            TrainConfig {
+                min_learning_rate: 0.5,
+                ..base.clone()
+            },
+            "minimum learning rate 0.5",
+        ),
+        (
+            TrainConfig {
+                max_len: 0,
+                ..base.clone()
+            },
+            "max_len must be at least 1",
+        ),
+    ];
+    for (config, want) in cases {
+        let err = train(m.clone(), &catalog, &walks(), &config, |_, _| true).unwrap_err();
+        assert!(err.to_string().contains(want), "{err}");
+    }
+    assert!(train(m, &catalog, &walks(), &base, |_, _| true).is_ok());
 }

@@ -55,7 +55,8 @@ fn wgpu_training_matches_flex() {
     let run = |device: &Device| {
         let d = device.clone().autodiff();
         let model = import(config.init(&d), &start).unwrap();
-        let (model, reports) = train(model, &f.to_tensors(vocabulary, &d), &sequences, &train_config, |_, _| true);
+        let (model, reports) =
+            train(model, &f.to_tensors(vocabulary, &d), &sequences, &train_config, |_, _| true).expect("a valid config");
         (export(&model.valid()), reports.last().unwrap().mean_loss)
     };
     let (on_cpu, loss_cpu) = run(&cpu);

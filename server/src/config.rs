@@ -137,11 +137,14 @@ impl PlanSection {
         use crate::schedule::LearningRateSchedule;
         match self.learning_rate_schedule.as_str() {
             "constant" => Ok(LearningRateSchedule::Constant),
-            "cosine" if self.min_learning_rate.is_finite() && self.min_learning_rate >= 0.0 => Ok(LearningRateSchedule::Cosine {
-                min_learning_rate: self.min_learning_rate,
-                hold_rounds: self.hold_rounds,
-            }),
-            "cosine" => Err(format!("[plan] min_learning_rate {} must be ≥ 0", self.min_learning_rate)),
+            "cosine" => {
+                let schedule = LearningRateSchedule::Cosine {
+                    min_learning_rate: self.min_learning_rate,
+                    hold_rounds: self.hold_rounds,
+                };
+                schedule.check(self.learning_rate).map_err(|e| format!("[plan] {e}"))?;
+                Ok(schedule)
+            }
             other => Err(format!("[plan] learning_rate_schedule {other:?}: use cosine or constant")),
         }
     }

@@ -72,7 +72,8 @@ impl FineTuner for FusionFineTuner {
             &self.split,
             &self.validation_cases,
             &self.train,
-        );
+        )
+        .map_err(|e| e.to_string())?;
         let flat: Vec<f32> = export(&tuned).into_iter().flat_map(|p| p.values).collect();
         Ok(FineTuned {
             params: flat,

@@ -28,6 +28,17 @@ pub enum LearningRateSchedule {
 }
 
 impl LearningRateSchedule {
+    /// Every rate offered stays in (0, 1], as a store requires: the cosine's floor above 0
+    /// and at most `base` (rounds past the last, after a failed round, are offered the floor).
+    pub fn check(&self, base: f32) -> Result<(), String> {
+        match *self {
+            Self::Cosine { min_learning_rate, .. } if !(min_learning_rate > 0.0 && min_learning_rate <= base) => Err(format!(
+                "min_learning_rate {min_learning_rate} must be above 0 and at most learning_rate {base}"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The rate to offer in round `round_id` (counted from 1) of `rounds` (0: no limit).
     pub fn rate(&self, base: f32, round_id: u64, rounds: u64) -> f32 {
         match *self {
@@ -102,5 +113,23 @@ mod tests {
         };
         assert_eq!(s.rate(3e-3, 40, 0), 3e-3);
         assert_eq!(LearningRateSchedule::Constant.rate(3e-3, 40, 10), 3e-3);
+    }
+
+    #[test]
+    fn a_schedule_that_would_offer_zero_or_more_than_the_base_rate_is_refused() {
+        let to = |min| LearningRateSchedule::Cosine {
+            min_learning_rate: min,
+            hold_rounds: 0,
+        };
+        assert_eq!(to(1e-4).check(3e-3), Ok(()));
+        // Past the last round (failed rounds use up round ids) the cosine offers its floor.
+        assert_eq!(to(1e-4).rate(3e-3, 25, 20), 1e-4);
+        for bad in [0.0, -1e-4, f32::NAN, 4e-3] {
+            assert!(
+                to(bad).check(3e-3).unwrap_err().contains("must be above 0 and at most"),
+                "{bad}"
+            );
+        }
+        assert_eq!(LearningRateSchedule::Constant.check(3e-3), Ok(()));
     }
 }

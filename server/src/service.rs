@@ -37,6 +37,8 @@ pub enum ServiceError {
     FineTuneUnavailable,
     #[error(transparent)]
     CentralDp(#[from] CentralDpError),
+    #[error("the plan offered to stores: {0}")]
+    Plan(String),
 }
 
 /// How the service runs rounds and what it offers.
@@ -143,6 +145,11 @@ pub async fn run_aggregator_with(
     if opts.policy.fine_tune && fine_tuner.is_none() {
         return Err(ServiceError::FineTuneUnavailable);
     }
+    // A plan stores would refuse (or a schedule that would reach one) fails here, at start.
+    opts.plan
+        .check()
+        .and_then(|()| opts.schedule.check(opts.plan.learning_rate))
+        .map_err(ServiceError::Plan)?;
     let fine_tuner = fine_tuner.map(|f| Arc::new(std::sync::Mutex::new(f)));
     let (mut snapshot, next_round, moments) = match state.committed()? {
         Some(c) => (state.load(&c)?, c.next_round, state.load_optimizer(&c)?),
@@ -330,8 +337,21 @@ pub async fn run_aggregator_with(
                     let done = inbound_tx.clone();
                     tracing::info!(round_id, version, "fine-tuning");
                     tokio::task::spawn_blocking(move || {
+                        // A panic inside the tuner must still answer, or the round would wait
+                        // for fine-tuning forever: it becomes an error, and the aggregate is
+                        // published untuned.
                         let result = match tuner.lock() {
-                            Ok(mut t) => t.fine_tune(version, &layout, &params),
+                            Ok(mut t) => {
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.fine_tune(version, &layout, &params)))
+                                    .unwrap_or_else(|panic| {
+                                        let what = panic
+                                            .downcast_ref::<&str>()
+                                            .map(|s| s.to_string())
+                                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                                            .unwrap_or_default();
+                                        Err(format!("the fine-tuner panicked: {what}"))
+                                    })
+                            }
                             Err(_) => Err("the fine-tuner panicked before".into()),
                         };
                         let result = result.map(|r| {

@@ -8,7 +8,7 @@ mod update;
 
 pub use handshake::{Capabilities, Hello, RefusalReason, Refused, Welcome, negotiate};
 pub use model::{ModelChunk, ModelManifest, chunk_ranges, decode_model_blob, encode_model_blob};
-pub use round::{DpRequirement, LocalWork, NoiseMode, PrivacyUnit, RoundOffer, TrainingPlan};
+pub use round::{DpRequirement, LocalWork, MAX_LOCAL_EPOCHS, MAX_LOCAL_STEPS, NoiseMode, PrivacyUnit, RoundOffer, TrainingPlan};
 pub use session::{Bye, Heartbeat};
 pub use update::{Metric, PrivacySpend, RejectionReason, UpdateAccepted, UpdateRejected, UpdateUpload, validation_metric};
 
