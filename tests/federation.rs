@@ -619,7 +619,7 @@ mod private {
         let addr = agg.local_addr().unwrap();
         let bundle = platform.issue_store("berlin", 1).unwrap();
         let ledger_path = dir.path().join("berlin.ledger.jsonl");
-        let blob = encode_model(&layout(), &[0.0; PARAMS]);
+        let blob = encode_model(&layout(), &[0.0; PARAMS]).unwrap();
         let aggregator = {
             let ledger_path = ledger_path.clone();
             async move {

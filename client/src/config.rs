@@ -165,6 +165,10 @@ impl AgentConfig {
             path: path.to_owned(),
             detail: e.to_string(),
         })?;
+        c.model.check().map_err(|detail| ConfigError::Parse {
+            path: path.to_owned(),
+            detail,
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut c.agent.bundle, &mut c.privacy.ledger] {
             if p.is_relative() {
@@ -303,5 +307,22 @@ mod tests {
             toml::from_str::<AgentConfig>("[agent]\nbundel = \"x\"\n").is_err(),
             "typos are refused"
         );
+    }
+
+    #[test]
+    fn a_model_section_no_layer_could_build_is_refused_with_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.toml");
+        for (model, want) in [
+            ("dim = 64\nheads = 3\n", "dim = 64 must be a multiple of heads = 3"),
+            ("max_len = 0\n", "max_len = 0: must be at least 1"),
+            ("dropout = 1.0\n", "dropout = 1 must be in [0, 1)"),
+        ] {
+            std::fs::write(&path, format!("[model]\n{model}")).unwrap();
+            let err = AgentConfig::load(&path).unwrap_err().to_string();
+            assert!(err.contains(want) && err.contains("store.toml"), "{err}");
+        }
+        std::fs::write(&path, "[model]\ndim = 64\nheads = 4\n").unwrap();
+        assert!(AgentConfig::load(&path).is_ok());
     }
 }

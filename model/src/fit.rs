@@ -35,6 +35,32 @@ pub struct ModelShape {
 }
 
 impl ModelShape {
+    /// Widths and lengths of at least 1, attention heads that divide `dim`, dropout in
+    /// [0, 1): a `[model]` section from a config file is checked before anything is built
+    /// from it, since the layers would only assert.
+    pub fn check(&self) -> Result<(), String> {
+        for (key, v) in [
+            ("dim", self.dim),
+            ("max_len", self.max_len),
+            ("head", self.head),
+            ("heads", self.heads),
+        ] {
+            if v == 0 {
+                return Err(format!("[model] {key} = 0: must be at least 1"));
+            }
+        }
+        if self.encoder == EncoderKind::Attention && !self.dim.is_multiple_of(self.heads) {
+            return Err(format!(
+                "[model] dim = {} must be a multiple of heads = {}",
+                self.dim, self.heads
+            ));
+        }
+        if !(self.dropout >= 0.0 && self.dropout < 1.0) {
+            return Err(format!("[model] dropout = {} must be in [0, 1)", self.dropout));
+        }
+        Ok(())
+    }
+
     /// The keys of a `[model]` TOML section, each with what it sets, for the commented config
     /// files the aggregator and the store agent write: both must describe the same model, so
     /// they share one text.

@@ -101,8 +101,10 @@ fn tensor_err(name: &str, detail: impl Into<String>) -> DecodeError {
     }
 }
 
-/// Checks a name and shape and returns the element count.
-fn checked_elements(name: &str, shape: &[u32]) -> Result<u64, DecodeError> {
+/// Checks a name and shape against what the wire carries (names of 1..=`MAX_NAME_BYTES`
+/// bytes, rank ≤ `MAX_RANK`, ≤ [`MAX_TENSOR_ELEMENTS`] values) and returns the element count:
+/// a model imported from elsewhere is checked with it before it becomes a federation's.
+pub fn checked_elements(name: &str, shape: &[u32]) -> Result<u64, DecodeError> {
     if name.is_empty() || name.len() > MAX_NAME_BYTES {
         return Err(tensor_err(name, format!("name must be 1..={MAX_NAME_BYTES} bytes")));
     }

@@ -255,6 +255,8 @@ pub enum ConfigError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {source}")]
     Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("{path}: {detail}")]
+    Invalid { path: PathBuf, detail: String },
 }
 
 impl ServerConfig {
@@ -266,6 +268,10 @@ impl ServerConfig {
         let mut config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source: Box::new(source),
+        })?;
+        config.model.check().map_err(|detail| ConfigError::Invalid {
+            path: path.to_owned(),
+            detail,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         if config.pki.dir.is_relative() {

@@ -118,6 +118,8 @@ pub fn read(path: &Path) -> Result<(ModelLayout, Vec<f32>), SafetensorsError> {
             .map(|d| u32::try_from(*d))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| invalid(format!("tensor {name:?}: dimension too large")))?;
+        // What the federation could not store or send to its stores is refused here, on import.
+        fedfuse_protocol::tensor::checked_elements(&name, &shape).map_err(|e| invalid(e.to_string()))?;
         entries.push((begin, end, TensorSpec { name, shape }));
     }
     entries.sort_by_key(|(b, _, _)| *b);
@@ -189,6 +191,33 @@ mod tests {
         for (i, bytes) in cases.into_iter().enumerate() {
             std::fs::write(&path, bytes).unwrap();
             assert!(matches!(read(&path), Err(SafetensorsError::Invalid { .. })), "case {i}");
+        }
+    }
+
+    #[test]
+    fn a_tensor_the_wire_cannot_carry_is_refused_on_import() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        for (spec, want) in [
+            (
+                TensorSpec {
+                    name: String::new(),
+                    shape: vec![2],
+                },
+                "name must be 1..=",
+            ),
+            (
+                TensorSpec {
+                    name: "deep".into(),
+                    shape: vec![1; 9],
+                },
+                "rank 9 exceeds",
+            ),
+        ] {
+            let n = spec.len();
+            write(&path, &ModelLayout::new(vec![spec]), &vec![0.0; n], &BTreeMap::new()).unwrap();
+            let err = read(&path).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
         }
     }
 }

@@ -38,6 +38,8 @@ pub enum StateError {
     Corrupt(String),
     #[error("averaging the last models: {0}")]
     TailAverage(#[from] TailAverageError),
+    #[error("model cannot be stored or sent: {0}")]
+    Unencodable(String),
 }
 
 macro_rules! db {
@@ -100,20 +102,29 @@ pub struct ModelSnapshot {
     pub params: Vec<f32>,
 }
 
-/// Encodes parameters as a model blob (f32, dense).
-pub fn encode_model(layout: &ModelLayout, params: &[f32]) -> Vec<u8> {
+/// Encodes parameters as a model blob (f32, dense). A layout the wire format cannot carry (a
+/// name, rank or size beyond its limits, as an imported safetensors file may have) or
+/// parameters of another length are an error.
+pub fn encode_model(layout: &ModelLayout, params: &[f32]) -> Result<Vec<u8>, StateError> {
+    if params.len() != layout.len() {
+        return Err(StateError::Unencodable(format!(
+            "{} parameters for a layout of {}",
+            params.len(),
+            layout.len()
+        )));
+    }
     let mut offset = 0;
-    let tensors: Vec<NamedTensor> = layout
+    let tensors = layout
         .tensors()
         .iter()
         .map(|t| {
             let values = &params[offset..offset + t.len()];
             offset += t.len();
             NamedTensor::encode(t.name.clone(), &t.shape, values, UpdateEncoding::Dense(ValueEncoding::F32), 0)
-                .expect("layout-shaped values encode")
+                .map_err(|e| StateError::Unencodable(e.to_string()))
         })
-        .collect();
-    encode_model_blob(&tensors)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(encode_model_blob(&tensors))
 }
 
 /// The moments as a two-tensor "model" (`m`, `v`; an empty moment is left out), so they are
@@ -125,7 +136,8 @@ fn moments_as_model(state: &ServerOptimizerState) -> (ModelLayout, Vec<f32>) {
         if !moment.is_empty() {
             specs.push(TensorSpec {
                 name: name.into(),
-                shape: vec![moment.len() as u32],
+                // Beyond u32 the encoder refuses the layout (it holds 2^31 values at most).
+                shape: vec![u32::try_from(moment.len()).unwrap_or(u32::MAX)],
             });
             values.extend_from_slice(moment);
         }
@@ -249,13 +261,13 @@ impl AggregatorState {
         updates: usize,
         optimizer: Option<&ServerOptimizerState>,
     ) -> Result<ModelSnapshot, StateError> {
-        let blob = encode_model(layout, params);
+        let blob = encode_model(layout, params)?;
         let content_hash = fedfuse_protocol::content_hash(&blob);
         write_atomic(&self.blob_path(version), &blob, 0o644)?;
         let saved = match optimizer {
             Some(state) => {
                 let (moments_layout, values) = moments_as_model(state);
-                let moments = encode_model(&moments_layout, &values);
+                let moments = encode_model(&moments_layout, &values)?;
                 write_atomic(&self.optimizer_path(version), &moments, 0o600)?;
                 Some(SavedOptimizer {
                     version,
@@ -450,7 +462,7 @@ impl AggregatorState {
         }
         let Some(layout) = layout else { return Ok(None) };
         let params = sum.finish()?;
-        let blob = encode_model(&layout, &params);
+        let blob = encode_model(&layout, &params)?;
         averaged.content_hash = fedfuse_protocol::content_hash(&blob);
         let snapshot = ModelSnapshot {
             version: averaged.last_version(),
