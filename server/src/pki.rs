@@ -46,7 +46,15 @@ pub enum PkiError {
     UnknownStore(String),
     #[error("store {0:?} is already revoked")]
     AlreadyRevoked(String),
+    #[error("a certificate valid for {0} days: use at most {MAX_VALIDITY_DAYS} (negative only to test expiry)")]
+    InvalidValidity(i64),
+    #[error("{path}: CRL number {number} cannot be raised")]
+    CrlNumberExhausted { path: PathBuf, number: u64 },
 }
+
+/// Longest validity a certificate may have (100 years); beyond it dates leave what X.509 and
+/// the time library represent.
+pub const MAX_VALIDITY_DAYS: i64 = 36_500;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
     move |source| PkiError::Io {
@@ -188,14 +196,18 @@ fn san(name: &str) -> Result<SanType, PkiError> {
     })
 }
 
-fn validity(params: &mut CertificateParams, days: i64) {
+fn validity(params: &mut CertificateParams, days: i64) -> Result<(), PkiError> {
+    if days.abs() > MAX_VALIDITY_DAYS {
+        return Err(PkiError::InvalidValidity(days));
+    }
     let now = OffsetDateTime::now_utc();
     // A little slack for clocks that run behind.
     params.not_before = now - Duration::minutes(5);
     params.not_after = now + Duration::days(days);
+    Ok(())
 }
 
-fn ca_params(platform_name: &str, days: i64) -> CertificateParams {
+fn ca_params(platform_name: &str, days: i64) -> Result<CertificateParams, PkiError> {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, format!("{platform_name} CA"));
@@ -208,8 +220,8 @@ fn ca_params(platform_name: &str, days: i64) -> CertificateParams {
         KeyUsagePurpose::DigitalSignature,
     ];
     p.serial_number = Some(random_serial());
-    validity(&mut p, days);
-    p
+    validity(&mut p, days)?;
+    Ok(p)
 }
 
 /// Creates a platform directory: CA, aggregator certificate, empty CRL, registry and config.
@@ -219,7 +231,7 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<PlatformDir, PkiError> {
         return Err(PkiError::AlreadyInitialised(dir.to_owned()));
     }
     let ca_key = KeyPair::generate()?;
-    let ca_params = ca_params(&opts.platform_name, opts.ca_days);
+    let ca_params = ca_params(&opts.platform_name, opts.ca_days)?;
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, &ca_key);
 
@@ -235,7 +247,7 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<PlatformDir, PkiError> {
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.serial_number = Some(random_serial());
     p.use_authority_key_identifier_extension = true;
-    validity(&mut p, opts.aggregator_days);
+    validity(&mut p, opts.aggregator_days)?;
     let agg_cert = p.signed_by(&agg_key, &issuer)?;
 
     let platform = PlatformDir { root: dir.to_owned() };
@@ -305,7 +317,13 @@ impl PlatformDir {
 
     /// Re-signs the CRL with every revoked serial and a new CRL number, then saves both.
     fn write_crl(&self, registry: &mut Registry) -> Result<(), PkiError> {
-        registry.crl_number += 1;
+        registry.crl_number = registry
+            .crl_number
+            .checked_add(1)
+            .ok_or_else(|| PkiError::CrlNumberExhausted {
+                path: self.path(REGISTRY),
+                number: registry.crl_number,
+            })?;
         let now = OffsetDateTime::now_utc();
         let revoked_certs = registry
             .revoked_serials
@@ -347,7 +365,7 @@ impl PlatformDir {
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.serial_number = Some(serial.clone());
         p.use_authority_key_identifier_extension = true;
-        validity(&mut p, days);
+        validity(&mut p, days)?;
         let cert = p.signed_by(&key, &self.issuer()?)?;
         registry.stores.insert(
             store.to_owned(),
@@ -407,5 +425,27 @@ impl PlatformDir {
         let trust = fedfuse_transport::TrustAnchors::from_pem(&read(&self.path(CA_CERT))?, &[&read(&self.path(CRL))?])
             .map_err(corrupt(CRL))?;
         Ok((identity, trust))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_validity_beyond_a_century_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = InitOptions {
+            ca_days: i64::MAX,
+            ..InitOptions::default()
+        };
+        assert!(matches!(init(dir.path(), &opts), Err(PkiError::InvalidValidity(i64::MAX))));
+        let platform = init(dir.path(), &InitOptions::default()).unwrap();
+        let err = platform.issue_store("paris", 3_000_000).unwrap_err();
+        assert!(err.to_string().contains("valid for 3000000 days"), "{err}");
+        assert!(
+            platform.issue_store("paris", 365).is_ok(),
+            "a refused issue leaves nothing behind"
+        );
     }
 }

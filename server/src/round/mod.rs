@@ -269,7 +269,7 @@ impl RoundCoordinator {
                     self.phase = Phase::Idle;
                     if let Some(c) = &mut self.central {
                         // Nothing was charged unless the budget ran out: the release is owed back.
-                        c.rounds_allowed = if budget_spent { 0 } else { c.rounds_allowed + 1 };
+                        c.rounds_allowed = if budget_spent { 0 } else { c.rounds_allowed.saturating_add(1) };
                     }
                     out.push(Action::RoundFailed { round_id, reason });
                 }
@@ -432,7 +432,7 @@ impl RoundCoordinator {
         let wanted = ((pool.len() as f64 * self.policy.sample_fraction).ceil() as usize)
             .clamp(self.policy.quorum.min(pool.len()), pool.len());
         pool.truncate(wanted);
-        let deadline_ms = self.now_ms + self.policy.deadline_ms;
+        let deadline_ms = self.now_ms.saturating_add(self.policy.deadline_ms);
         // Central DP sums the clipped updates unweighted; the driver divides after the noise.
         let rule = match self.central {
             Some(_) => AggregationRule::UniformMean {
