@@ -346,7 +346,17 @@ def rounds40_at_20(benchmarks: str):
     return out
 
 
-def exact_section(exact, plain, earlier, long, central, note):
+def rounds40_final(benchmarks: str):
+    """Last-model HR@10 and the rounds 31-40 mean of each constant 40-round run (sampled
+    softmax), by seed, from the federation-rounds table already written."""
+    out = {}
+    for m in re.finditer(r"^\| constant \| (\d+) \|(.*)$", benchmarks, re.M):
+        cells = [c.strip() for c in m.group(2).split("|")]
+        out[int(m.group(1))] = (float(cells[0]), float(cells[7]))
+    return out
+
+
+def exact_section(exact, plain, earlier, long, central, note, sampled40=None):
     """The stores' exact softmax over every item against the sampled one (256 in-batch + 256
     uniform candidates, log-q corrected), both the first recipe for 20 rounds."""
     def mean_of(r, lo, hi):
@@ -417,6 +427,16 @@ def exact_section(exact, plain, earlier, long, central, note):
                    f"{cell([(r['final'].get('worst_store') or {}).get('hr10', float('nan')) for r in long])}"
                    + (f", / centralized {mean_std(hr)[0] / central[0]:.3f}" if central else "")
                    + f"; wall {mean_std([r['final']['seconds'] for r in long])[0]:.0f} s.")
+        pairs = [(r["config"]["seed"], at_round(r, rounds)["hr10_full"], mean_of(r, rounds - 9, rounds)) for r in long]
+        pairs = [(s, e, t, (sampled40 or {}).get(s)) for s, e, t in pairs]
+        if rounds == 40 and any(p[3] for p in pairs):
+            out.append(f"\n| seed | exact, last model | exact, rounds 31–40 mean | sampled, last model | sampled, rounds 31–40 mean | exact − sampled (last) |")
+            out.append("|---|---|---|---|---|---|")
+            for seed, e, t, sam in pairs:
+                if sam:
+                    out.append(f"| {seed} | {e:.4f} | {t:.4f} | {sam[0]:.4f} | {sam[1]:.4f} | {e - sam[0]:+.4f} |")
+            out.append("\nThe sampled 40-round runs are the federation-rounds table's constant rows (an earlier build; "
+                       "within a build a seed's run repeats exactly).")
         out.append(f"\nPer store, exact softmax, {rounds} rounds:")
         out.extend(per_store_table(long))
     return "\n".join(out) + "\n"
@@ -471,7 +491,7 @@ def main():
     if exact:
         plain = [r for r in (load(d, "fed_f32") for d in args.reports) if r]
         long = [r for r in (load(d, "fed_exact40") for d in args.reports) if r]
-        table = exact_section(exact, plain, rounds40_at_20(md), long, central, args.note)
+        table = exact_section(exact, plain, rounds40_at_20(md), long, central, args.note, rounds40_final(md))
         print(table)
         md = replace_section(md, "federation-exact-softmax", table)
         args.benchmarks.write_text(md)
