@@ -379,6 +379,8 @@ async fn a_200_mb_model_crosses_intact() {
     };
     let received = async {
         let (_endpoint, conn) = connect(&bundle, p.addr).await.unwrap();
+        // What a Welcome would have agreed; this test skips the handshake.
+        conn.set_max_message_bytes(1 << 30);
         let Message::RoundOffer(o) = conn.recv().await.unwrap() else {
             panic!("no offer")
         };
@@ -398,4 +400,33 @@ async fn a_200_mb_model_crosses_intact() {
     let (_server_conn, store) = tokio::join!(conn_pair, connect(&bundle, p.addr));
     let (_endpoint, conn) = store.unwrap();
     assert!(matches!(conn.recv_model(&tiny, 2).await, Err(TransportError::Model(_))));
+}
+
+/// Before the handshake has agreed a limit, a peer cannot make the other side buffer more
+/// than a handshake message: the aggregator refuses a 100 KiB upload frame from a store that
+/// has not said Hello, before allocating it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_beyond_handshake_size_before_hello_is_refused() {
+    let p = platform();
+    let bundle = p.platform.issue_store("eager", 30).unwrap();
+    // An UpdateUpload frame may be 1 GiB once agreed; its header alone would have sized the
+    // buffer before the handshake.
+    let body_len: u32 = 100 * 1024;
+    let mut big = vec![MessageKind::UpdateUpload as u8];
+    big.extend_from_slice(&body_len.to_le_bytes());
+    big.resize(5 + body_len as usize, 0);
+    let (received, _sent) = tokio::join!(
+        async {
+            let conn = p.aggregator.accept().await.unwrap().unwrap();
+            conn.recv().await
+        },
+        async {
+            let (endpoint, conn) = connect(&bundle, p.addr).await.unwrap();
+            // The aggregator stops reading after the header: the send may never complete.
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.send_frame(&big)).await;
+            (endpoint, conn)
+        }
+    );
+    let err = received.unwrap_err().to_string();
+    assert!(err.contains("exceeds its limit of 65536 bytes"), "{err}");
 }

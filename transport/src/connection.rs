@@ -15,6 +15,11 @@ use tokio::sync::Mutex;
 
 use crate::error::TransportError;
 
+/// Largest message body accepted before the handshake agreed a limit: a Hello, Welcome or
+/// Refused is a few hundred bytes, and a peer must not make the other side allocate the
+/// frame format's gigabyte before saying who it is and what it can take.
+pub const HANDSHAKE_MAX_MESSAGE_BYTES: u64 = 64 * 1024;
+
 /// A connection to an authenticated peer.
 pub struct PeerConnection {
     conn: quinn::Connection,
@@ -44,7 +49,8 @@ impl PeerConnection {
         self.conn.remote_address()
     }
 
-    /// Lowers the largest body accepted from the peer (the negotiated `max_message_bytes`).
+    /// Sets the largest body accepted from the peer: the negotiated `max_message_bytes` once
+    /// the handshake is done (until then, [`HANDSHAKE_MAX_MESSAGE_BYTES`]).
     pub fn set_max_message_bytes(&self, max: u64) {
         self.max_body.store(max, std::sync::atomic::Ordering::Relaxed);
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
-use crate::connection::PeerConnection;
+use crate::connection::{HANDSHAKE_MAX_MESSAGE_BYTES, PeerConnection};
 use crate::error::TransportError;
 use crate::tls::{self, Identity, TrustAnchors};
 use crate::tuning::TransportTuning;
@@ -50,7 +50,6 @@ pub struct AggregatorEndpoint {
     endpoint: quinn::Endpoint,
     identity: Identity,
     tuning: TransportTuning,
-    max_message_bytes: u64,
 }
 
 impl AggregatorEndpoint {
@@ -66,7 +65,6 @@ impl AggregatorEndpoint {
             endpoint,
             identity,
             tuning,
-            max_message_bytes: u64::MAX,
         })
     }
 
@@ -100,7 +98,7 @@ impl AggregatorEndpoint {
             .first()
             .ok_or_else(|| TransportError::PeerIdentity("empty certificate chain".into()))?;
         let store_id = tls::peer_common_name(leaf)?;
-        Ok(PeerConnection::new(conn, store_id, self.max_message_bytes))
+        Ok(PeerConnection::new(conn, store_id, HANDSHAKE_MAX_MESSAGE_BYTES))
     }
 
     pub fn close(&self) {
@@ -133,7 +131,7 @@ impl StoreEndpoint {
     /// `server_name`.
     pub async fn connect(&self, addr: SocketAddr, server_name: &str) -> Result<PeerConnection, TransportError> {
         let conn = self.endpoint.connect(addr, server_name)?.await?;
-        Ok(PeerConnection::new(conn, server_name.to_owned(), u64::MAX))
+        Ok(PeerConnection::new(conn, server_name.to_owned(), HANDSHAKE_MAX_MESSAGE_BYTES))
     }
 
     pub async fn wait_idle(&self) {
