@@ -325,17 +325,24 @@ impl PlatformDir {
                 number: registry.crl_number,
             })?;
         let now = OffsetDateTime::now_utc();
+        // A serial that does not parse is an error, never skipped: skipping it would leave that
+        // revoked store trusted while the operator believes it is locked out.
         let revoked_certs = registry
             .revoked_serials
             .iter()
-            .filter_map(|s| unhex(s))
-            .map(|bytes| RevokedCertParams {
-                serial_number: SerialNumber::from_slice(&bytes),
-                revocation_time: now,
-                reason_code: Some(RevocationReason::CessationOfOperation),
-                invalidity_date: None,
+            .map(|s| {
+                let bytes = unhex(s).filter(|b| !b.is_empty()).ok_or_else(|| PkiError::Corrupt {
+                    path: self.path(REGISTRY),
+                    detail: format!("revoked serial {s:?} is not hexadecimal"),
+                })?;
+                Ok(RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&bytes),
+                    revocation_time: now,
+                    reason_code: Some(RevocationReason::CessationOfOperation),
+                    invalidity_date: None,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, PkiError>>()?;
         let crl = CertificateRevocationListParams {
             this_update: now - Duration::minutes(5),
             next_update: now + Duration::days(365),
@@ -446,6 +453,23 @@ mod tests {
         assert!(
             platform.issue_store("paris", 365).is_ok(),
             "a refused issue leaves nothing behind"
+        );
+    }
+
+    #[test]
+    fn a_revoked_serial_that_does_not_parse_stops_the_crl_instead_of_being_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let platform = init(dir.path(), &InitOptions::default()).unwrap();
+        platform.issue_store("paris", 30).unwrap();
+        let registry = dir.path().join(REGISTRY);
+        let text = std::fs::read_to_string(&registry).unwrap();
+        assert!(text.contains("revoked_serials = []"), "{text}");
+        std::fs::write(&registry, text.replace("revoked_serials = []", "revoked_serials = [\"zz\"]")).unwrap();
+        let err = platform.revoke_store("paris").unwrap_err().to_string();
+        assert!(err.contains("revoked serial \"zz\" is not hexadecimal"), "{err}");
+        assert!(
+            platform.stores().unwrap()["paris"].revoked_at.is_none(),
+            "nothing half-revoked"
         );
     }
 }
