@@ -959,9 +959,9 @@ async fn the_aggregator_keeps_the_average_of_the_last_models_beside_the_latest()
     assert_close(&latest.params, 2.84375);
 }
 
-/// An aggregator whose plan no store could train, or whose schedule would come to offer
-/// one, does not start, and says which value is wrong: stores would otherwise refuse every
-/// offer (or, before they checked, crash on it).
+/// An aggregator whose plan no store could train, whose schedule would come to offer one, or
+/// whose round policy cannot run, does not start, and says which value is wrong: stores would
+/// otherwise refuse every offer (or, before they checked, crash on it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aggregator_with_a_plan_no_store_could_train_does_not_start() {
     let dir = tempfile::tempdir().unwrap();
@@ -975,9 +975,14 @@ async fn an_aggregator_with_a_plan_no_store_could_train_does_not_start() {
             hold_rounds: 0,
         },
     );
+    let no_one = options(RoundPolicy {
+        sample_fraction: f64::NAN,
+        ..policy(1, 1, 1)
+    });
     for (opts, want) in [
         (too_fast, "learning rate 2 is not in (0, 1]"),
         (to_zero, "min_learning_rate 0 must be above 0"),
+        (no_one, "sample_fraction = NaN"),
     ] {
         let (identity, trust) = platform.aggregator_tls().unwrap();
         let endpoint = Arc::new(

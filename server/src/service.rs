@@ -39,6 +39,8 @@ pub enum ServiceError {
     CentralDp(#[from] CentralDpError),
     #[error("the plan offered to stores: {0}")]
     Plan(String),
+    #[error("the round policy: {0}")]
+    Policy(String),
 }
 
 /// How the service runs rounds and what it offers.
@@ -145,6 +147,7 @@ pub async fn run_aggregator_with(
     if opts.policy.fine_tune && fine_tuner.is_none() {
         return Err(ServiceError::FineTuneUnavailable);
     }
+    opts.policy.check().map_err(ServiceError::Policy)?;
     // A plan stores would refuse (or a schedule that would reach one) fails here, at start.
     opts.plan
         .check()

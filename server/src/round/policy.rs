@@ -32,6 +32,45 @@ pub struct RoundPolicy {
     pub central_dp: Option<CentralDp>,
 }
 
+impl RoundPolicy {
+    /// Values the rounds can run with: a sampling fraction in (0, 1], a quorum and a deadline
+    /// above 0, a positive norm bound, a uniform mean's denominator of at least one store, a
+    /// trim below one half, and a valid server optimiser and central DP. A NaN here would not
+    /// fail loudly: it would average every model into NaN or sample no store, round after round.
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.sample_fraction > 0.0 && self.sample_fraction <= 1.0) {
+            return Err(format!(
+                "[round] sample_fraction = {} must be in (0, 1]",
+                self.sample_fraction
+            ));
+        }
+        if self.quorum == 0 || self.deadline_ms == 0 {
+            return Err("[round] quorum and deadline_ms must be above 0".into());
+        }
+        if let Some(b) = self.norm_bound
+            && !(b.is_finite() && b > 0.0)
+        {
+            return Err(format!("[round] norm_bound = {b} must be a positive number"));
+        }
+        match self.aggregation {
+            AggregationRule::UniformMean {
+                expected_stores: Some(n),
+            } if !(n.is_finite() && n >= 1.0) => {
+                return Err(format!("[round.aggregation] expected_stores = {n} must be a number ≥ 1"));
+            }
+            AggregationRule::TrimmedMean { trim } if !(trim >= 0.0 && trim < 0.5) => {
+                return Err(format!("[round.aggregation] trim = {trim} must be in [0, 0.5)"));
+            }
+            _ => {}
+        }
+        self.optimizer.check()?;
+        if let Some(dp) = &self.central_dp {
+            dp.validate().map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
 impl Default for RoundPolicy {
     fn default() -> Self {
         Self {
@@ -47,5 +86,58 @@ impl Default for RoundPolicy {
             fine_tune: false,
             central_dp: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_policy_the_rounds_cannot_run_with_names_the_value() {
+        assert_eq!(RoundPolicy::default().check(), Ok(()));
+        let bad = |p: RoundPolicy, want: &str| {
+            let err = p.check().unwrap_err();
+            assert!(err.contains(want), "{err:?} lacks {want:?}");
+        };
+        let d = RoundPolicy::default;
+        bad(
+            RoundPolicy {
+                sample_fraction: f64::NAN,
+                ..d()
+            },
+            "sample_fraction = NaN",
+        );
+        bad(
+            RoundPolicy {
+                sample_fraction: 0.0,
+                ..d()
+            },
+            "sample_fraction = 0",
+        );
+        bad(RoundPolicy { quorum: 0, ..d() }, "quorum and deadline_ms");
+        bad(
+            RoundPolicy {
+                norm_bound: Some(-1.0),
+                ..d()
+            },
+            "norm_bound = -1",
+        );
+        bad(
+            RoundPolicy {
+                aggregation: AggregationRule::UniformMean {
+                    expected_stores: Some(f64::NAN),
+                },
+                ..d()
+            },
+            "expected_stores = NaN",
+        );
+        bad(
+            RoundPolicy {
+                aggregation: AggregationRule::TrimmedMean { trim: 0.5 },
+                ..d()
+            },
+            "trim = 0.5",
+        );
     }
 }
