@@ -55,7 +55,7 @@ impl ModelShape {
                 self.dim, self.heads
             ));
         }
-        if !(self.dropout >= 0.0 && self.dropout < 1.0) {
+        if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("[model] dropout = {} must be in [0, 1)", self.dropout));
         }
         Ok(())

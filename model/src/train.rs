@@ -102,7 +102,7 @@ impl TrainConfig {
         if !(lr > 0.0 && lr <= 1.0) {
             return Err(InvalidTrainConfig(format!("learning rate {lr} must be in (0, 1]")));
         }
-        if !(min >= 0.0 && min <= lr) {
+        if !(0.0..=lr).contains(&min) {
             return Err(InvalidTrainConfig(format!(
                 "minimum learning rate {min} must be in [0, {lr}]"
             )));

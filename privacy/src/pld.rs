@@ -221,7 +221,7 @@ impl Pld {
     /// above it: larger losses only raise δ(ε), so the result stays pessimistic. A finer
     /// `interval` than this PLD's returns it unchanged (refining would need the exact δ).
     pub fn coarsened(&self, interval: f64) -> Self {
-        if !(interval > self.interval) {
+        if interval.is_nan() || interval <= self.interval {
             return self.clone();
         }
         let ratio = self.interval / interval;

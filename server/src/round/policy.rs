@@ -58,7 +58,7 @@ impl RoundPolicy {
             } if !(n.is_finite() && n >= 1.0) => {
                 return Err(format!("[round.aggregation] expected_stores = {n} must be a number ≥ 1"));
             }
-            AggregationRule::TrimmedMean { trim } if !(trim >= 0.0 && trim < 0.5) => {
+            AggregationRule::TrimmedMean { trim } if !(0.0..0.5).contains(&trim) => {
                 return Err(format!("[round.aggregation] trim = {trim} must be in [0, 0.5)"));
             }
             _ => {}
