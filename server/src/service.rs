@@ -104,9 +104,16 @@ struct Reported {
 
 enum Outbound {
     Message(Message),
+    /// A heartbeat's echo; counted, so a store that sends them faster than it reads cannot
+    /// queue them without end.
+    Echo(Message),
     Offer(RoundOffer, Arc<Vec<u8>>),
     Bye,
 }
+
+/// Heartbeat echoes a session queues behind a busy writer (a model download, a peer that does
+/// not read) before it drops further ones.
+const MAX_QUEUED_ECHOES: usize = 4;
 
 enum Inbound {
     Register(StoreId, u64, mpsc::UnboundedSender<Outbound>),
@@ -538,14 +545,20 @@ async fn session(conn: PeerConnection, inbound: mpsc::UnboundedSender<Inbound>, 
         return;
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let echoes_queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let _ = inbound.send(Inbound::Register(store.clone(), session_id, tx.clone()));
     let _ = inbound.send(Inbound::Event(Event::Connected { store: store.clone() }));
     let writer = {
         let conn = conn.clone();
+        let echoes_queued = echoes_queued.clone();
         tokio::spawn(async move {
             while let Some(out) = rx.recv().await {
                 let sent = match out {
                     Outbound::Message(m) => conn.send(&m).await,
+                    Outbound::Echo(m) => {
+                        echoes_queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                        conn.send(&m).await
+                    }
                     Outbound::Offer(offer, blob) => match conn.send(&Message::RoundOffer(offer.clone())).await {
                         Ok(()) => conn.send_model(&offer.model, &blob).await,
                         Err(e) => Err(e),
@@ -575,7 +588,12 @@ async fn session(conn: PeerConnection, inbound: mpsc::UnboundedSender<Inbound>, 
                 }));
             }
             Ok(Message::Heartbeat(hb)) => {
-                let _ = tx.send(Outbound::Message(Message::Heartbeat(hb)));
+                // A few echoes in the queue already answer for liveness; more are dropped.
+                if echoes_queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < MAX_QUEUED_ECHOES {
+                    let _ = tx.send(Outbound::Echo(Message::Heartbeat(hb)));
+                } else {
+                    echoes_queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                }
             }
             Ok(Message::Bye(_)) => break,
             Ok(other) if other.kind() == MessageKind::Hello => {
