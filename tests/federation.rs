@@ -129,14 +129,10 @@ struct Federation {
     service: JoinHandle<ServiceReport>,
 }
 
-fn start(
-    platform_dir: &tempfile::TempDir,
-    state_dir: &std::path::Path,
-    opts: ServiceOptions,
-) -> (SocketAddr, watch::Sender<bool>, JoinHandle<ServiceReport>) {
-    let platform = PlatformDir::open(platform_dir.path()).unwrap();
+/// The platform's aggregator endpoint on a free loopback port.
+fn bind_aggregator(platform: &PlatformDir) -> Arc<AggregatorEndpoint> {
     let (identity, trust) = platform.aggregator_tls().unwrap();
-    let endpoint = Arc::new(
+    Arc::new(
         AggregatorEndpoint::bind(
             SocketAddr::from(([127, 0, 0, 1], 0)),
             identity,
@@ -144,7 +140,16 @@ fn start(
             TransportTuning::default(),
         )
         .unwrap(),
-    );
+    )
+}
+
+fn start(
+    platform_dir: &tempfile::TempDir,
+    state_dir: &std::path::Path,
+    opts: ServiceOptions,
+) -> (SocketAddr, watch::Sender<bool>, JoinHandle<ServiceReport>) {
+    let platform = PlatformDir::open(platform_dir.path()).unwrap();
+    let endpoint = bind_aggregator(&platform);
     let addr = endpoint.local_addr().unwrap();
     let state = AggregatorState::open(state_dir).unwrap();
     let (stop, stopped) = watch::channel(false);
@@ -984,16 +989,7 @@ async fn an_aggregator_with_a_plan_no_store_could_train_does_not_start() {
         (to_zero, "min_learning_rate 0 must be above 0"),
         (no_one, "sample_fraction = NaN"),
     ] {
-        let (identity, trust) = platform.aggregator_tls().unwrap();
-        let endpoint = Arc::new(
-            AggregatorEndpoint::bind(
-                SocketAddr::from(([127, 0, 0, 1], 0)),
-                identity,
-                &trust,
-                TransportTuning::default(),
-            )
-            .unwrap(),
-        );
+        let endpoint = bind_aggregator(&platform);
         let state_dir = tempfile::tempdir().unwrap();
         let state = AggregatorState::open(state_dir.path()).unwrap();
         let (_stop, stopped) = watch::channel(false);
@@ -1020,16 +1016,7 @@ impl FineTuner for PanickingTuner {
 async fn a_panicking_fine_tuner_costs_the_rounds_tuning_not_the_federation() {
     let dir = tempfile::tempdir().unwrap();
     let platform = pki::init(dir.path(), &InitOptions::default()).unwrap();
-    let (identity, trust) = platform.aggregator_tls().unwrap();
-    let endpoint = Arc::new(
-        AggregatorEndpoint::bind(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            identity,
-            &trust,
-            TransportTuning::default(),
-        )
-        .unwrap(),
-    );
+    let endpoint = bind_aggregator(&platform);
     let addr = endpoint.local_addr().unwrap();
     let state_dir = tempfile::tempdir().unwrap();
     let state = AggregatorState::open(state_dir.path()).unwrap();
