@@ -41,6 +41,19 @@ struct TowardTarget {
 
 type Validation = fn(&[f32]) -> (f64, f64, f64);
 
+impl TowardTarget {
+    /// An honest store of one example, pulling every parameter towards `t`.
+    fn honest(t: f32) -> Self {
+        Self {
+            target: target(t),
+            examples: 1,
+            poison: false,
+            offered_rates: Default::default(),
+            validation: None,
+        }
+    }
+}
+
 type OfferedRates = Arc<std::sync::Mutex<Vec<(u64, f32)>>>;
 
 impl LocalTrainer for TowardTarget {
@@ -533,19 +546,7 @@ async fn a_restarted_aggregator_continues_at_the_next_round_from_the_same_model(
         bundles
             .iter()
             .zip([1.0, 3.0])
-            .map(|(b, t)| {
-                tokio::spawn(store(
-                    b.clone(),
-                    addr,
-                    TowardTarget {
-                        target: target(t),
-                        examples: 1,
-                        poison: false,
-                        offered_rates: Default::default(),
-                        validation: None,
-                    },
-                ))
-            })
+            .map(|(b, t)| tokio::spawn(store(b.clone(), addr, TowardTarget::honest(t))))
             .collect::<Vec<_>>()
     };
     let first = run(f.addr);
@@ -1035,19 +1036,7 @@ async fn a_panicking_fine_tuner_costs_the_rounds_tuning_not_the_federation() {
     ));
     let stores: Vec<_> = [("a", 1.0), ("b", 3.0)]
         .iter()
-        .map(|&(name, t)| {
-            tokio::spawn(store(
-                platform.issue_store(name, 1).unwrap(),
-                addr,
-                TowardTarget {
-                    target: target(t),
-                    examples: 1,
-                    poison: false,
-                    offered_rates: Default::default(),
-                    validation: None,
-                },
-            ))
-        })
+        .map(|&(name, t)| tokio::spawn(store(platform.issue_store(name, 1).unwrap(), addr, TowardTarget::honest(t))))
         .collect();
     let report = tokio::time::timeout(Duration::from_secs(60), service)
         .await
