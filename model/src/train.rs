@@ -95,8 +95,8 @@ impl Default for TrainConfig {
 pub struct InvalidTrainConfig(pub String);
 
 impl TrainConfig {
-    /// The learning rates are numbers with 0 < min ≤ rate ≤ 1 (what AdamW with a cosine
-    /// schedule takes) and windows hold at least one item.
+    /// The rates are numbers with 0 < rate ≤ 1 and 0 ≤ min ≤ rate (what burn's cosine
+    /// schedule takes), windows hold at least one item, and FedProx μ is a number ≥ 0.
     pub fn check(&self) -> Result<(), InvalidTrainConfig> {
         let (lr, min) = (self.learning_rate, self.min_learning_rate);
         if !(lr > 0.0 && lr <= 1.0) {
