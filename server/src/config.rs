@@ -388,7 +388,8 @@ proximal_mu = {mu:?}
 # The rate offered round by round: "cosine" keeps learning_rate for hold_rounds rounds, then
 # decays it to min_learning_rate after [round] rounds (constant when rounds = 0), as a
 # centralized trainer's schedule would; "constant" offers learning_rate every round. FedAvg
-# keeps improving at the full rate for long, so hold most of the run (BENCHMARKS.md).
+# keeps improving at the full rate for long, so hold most of the run (BENCHMARKS.md). Every
+# offered rate must stay in (0, 1]: learning_rate at most 1, min_learning_rate above 0.
 learning_rate_schedule = "{lrs}"
 min_learning_rate = {minlr:?}
 hold_rounds = {hold}
