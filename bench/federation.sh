@@ -21,6 +21,8 @@
 #   fed_exact  the first recipe for 20 rounds with every store's exact softmax over all items
 #              (--in-batch 0 --uniform 1682) instead of the sampled one; compared with fed_f32
 #   fed_exact40  the same for 40 rounds (SEEDS="1 2 3")
+#   fed_e1x40  local work per round: 1 local epoch for 40 rounds (as many examples as fed_f32)
+#   fed_e3     3 local epochs for 20 rounds
 #   fed_slr15x30  the first recipe for 30 rounds with server lr 1.5 (SEEDS="1 2 3")
 #   fed_f32_cos  the same with the aggregator's cosine learning-rate schedule over the rounds
 #   fed_f16    the same for ${ENC_ROUNDS:-10} rounds, f16 updates
@@ -46,7 +48,7 @@ if [[ ! -f "$DATA/u.data" ]]; then
   echo "skipping: no MovieLens-100K at $DATA (GroupLens terms forbid shipping it)" >&2
   exit 0
 fi
-only="fed_f32,fed_exact,fed_exact40,fed_b32e4,fed_tail30,fed_rounds40,fed_hold40,fed_slr15,fed_slr20,fed_m05,fed_prox01,fed_drift,fed_slr15x30,fed_f32_cos,fed_f16,fed_int8,fed_dp8,fed_central8,fed_ft,local"
+only="fed_f32,fed_exact,fed_exact40,fed_e1x40,fed_e3,fed_b32e4,fed_tail30,fed_rounds40,fed_hold40,fed_slr15,fed_slr20,fed_m05,fed_prox01,fed_drift,fed_slr15x30,fed_f32_cos,fed_f16,fed_int8,fed_dp8,fed_central8,fed_ft,local"
 case "${1:-}" in
   --only) only="$2" ;;
   --render) only="" ;;
@@ -78,6 +80,8 @@ for run in ${only//,/ }; do
     fed_rounds40) quickstart fed_rounds40 --rounds 40 --encoding f32 --lr-schedule constant ;;
     fed_hold40) quickstart fed_hold40 --rounds 40 --encoding f32 --lr-schedule cosine --lr-hold-fraction 0.6 --min-lr-fraction 0.05 ;;
     fed_exact) quickstart fed_exact --rounds 20 --encoding f32 --lr-schedule constant --in-batch 0 --uniform 1682 ;;
+    fed_e1x40) run_quickstart fed_e1x40 --local-epochs 1 --batch-size 8 --lr 3e-3 --rounds 40 --encoding f32 --lr-schedule constant ;;
+    fed_e3) run_quickstart fed_e3 --local-epochs 3 --batch-size 8 --lr 3e-3 --rounds 20 --encoding f32 --lr-schedule constant ;;
     fed_exact40) quickstart fed_exact40 --rounds 40 --encoding f32 --lr-schedule constant --in-batch 0 --uniform 1682 ;;
     fed_slr15) quickstart fed_slr15 --rounds 20 --encoding f32 --lr-schedule constant --server-lr 1.5 ;;
     fed_slr20) quickstart fed_slr20 --rounds 20 --encoding f32 --lr-schedule constant --server-lr 2.0 ;;
