@@ -111,6 +111,18 @@ enum Outbound {
     Bye,
 }
 
+/// `work`'s result, or what it panicked with: work handed to a blocking thread must answer the
+/// coordinator either way, or the round it belongs to would wait for it forever.
+fn unless_it_panics<T>(work: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(|panic| {
+        panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default()
+    })
+}
+
 /// Heartbeat echoes a session queues behind a busy writer (a model download, a peer that does
 /// not read) before it drops further ones.
 const MAX_QUEUED_ECHOES: usize = 4;
@@ -351,17 +363,8 @@ pub async fn run_aggregator_with(
                         // for fine-tuning forever: it becomes an error, and the aggregate is
                         // published untuned.
                         let result = match tuner.lock() {
-                            Ok(mut t) => {
-                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.fine_tune(version, &layout, &params)))
-                                    .unwrap_or_else(|panic| {
-                                        let what = panic
-                                            .downcast_ref::<&str>()
-                                            .map(|s| s.to_string())
-                                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                                            .unwrap_or_default();
-                                        Err(format!("the fine-tuner panicked: {what}"))
-                                    })
-                            }
+                            Ok(mut t) => unless_it_panics(|| t.fine_tune(version, &layout, &params))
+                                .unwrap_or_else(|what| Err(format!("the fine-tuner panicked: {what}"))),
                             Err(_) => Err("the fine-tuner panicked before".into()),
                         };
                         let result = result.map(|r| {
