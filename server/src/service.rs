@@ -402,8 +402,16 @@ pub async fn run_aggregator_with(
                                 reason: "the ledger's lock was poisoned".into(),
                                 budget_spent: false,
                             },
-                            Ok(mut p) => match p.release(round_id, &sum, clip_norm, &within) {
-                                Ok(r) => {
+                            Ok(mut p) => match unless_it_panics(|| p.release(round_id, &sum, clip_norm, &within)) {
+                                // Whether a release that panicked was charged is unknown: the
+                                // federation stops, as if the budget were spent, rather than
+                                // risk releasing past it.
+                                Err(what) => Event::PrivatizeFailed {
+                                    round_id,
+                                    reason: format!("the central DP release panicked: {what}"),
+                                    budget_spent: true,
+                                },
+                                Ok(Ok(r)) => {
                                     tracing::info!(
                                         round_id,
                                         noise_multiplier = r.entry.release.noise_multiplier,
@@ -418,7 +426,7 @@ pub async fn run_aggregator_with(
                                         next_clip_norm: r.next_clip_norm,
                                     }
                                 }
-                                Err(e) => Event::PrivatizeFailed {
+                                Ok(Err(e)) => Event::PrivatizeFailed {
                                     round_id,
                                     budget_spent: e.budget_spent(),
                                     reason: e.to_string(),
