@@ -18,6 +18,15 @@ use crate::fused::{BRANCHES, FusedRecommender};
 use crate::item_tower::ItemVectors;
 use crate::window::left_padded;
 
+/// A request the catalog cannot answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecommendError {
+    /// A history names an item id beyond the catalog (another store's catalog, a stale
+    /// client): scoring it would index past the embedding tables.
+    #[error("history item {item} is not in the catalog of {items} items")]
+    UnknownItem { item: u32, items: usize },
+}
+
 /// Standard deviations of personal score an item gains for matching the whole query.
 pub const QUERY_WEIGHT: f32 = 4.0;
 
@@ -89,8 +98,9 @@ impl<'a> Recommender<'a> {
 
     /// Top `k` items for `history` (data ids, oldest first) and an optional `query`, never an
     /// item already in the history.
-    pub fn recommend(&self, history: &[u32], query: Option<&str>, k: usize) -> Recommendations {
+    pub fn recommend(&self, history: &[u32], query: Option<&str>, k: usize) -> Result<Recommendations, RecommendError> {
         let n = self.catalog.len();
+        self.check(std::slice::from_ref(&history))?;
         let query_tokens: Vec<u32> = query
             .map(|q| tokenize(q).filter_map(|t| self.catalog.tokens.get(&t)).collect())
             .unwrap_or_default();
@@ -145,7 +155,7 @@ impl<'a> Recommender<'a> {
             .collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         ranked.truncate(k);
-        Recommendations {
+        Ok(Recommendations {
             basis,
             items: ranked
                 .into_iter()
@@ -163,6 +173,15 @@ impl<'a> Recommender<'a> {
                     },
                 })
                 .collect(),
+        })
+    }
+
+    /// Every history item is in the catalog.
+    fn check<H: AsRef<[u32]>>(&self, histories: &[H]) -> Result<(), RecommendError> {
+        let items = self.catalog.len();
+        match histories.iter().flat_map(|h| h.as_ref()).find(|i| **i as usize >= items) {
+            Some(&item) => Err(RecommendError::UnknownItem { item, items }),
+            None => Ok(()),
         }
     }
 
@@ -193,11 +212,15 @@ impl<'a> Recommender<'a> {
     }
 
     /// The top `k` item ids for each history, without explanations (the fast path).
-    pub fn top_k(&self, histories: &[Vec<u32>], k: usize) -> Vec<Vec<u32>> {
+    pub fn top_k(&self, histories: &[Vec<u32>], k: usize) -> Result<Vec<Vec<u32>>, RecommendError> {
         let n = self.catalog.len();
+        self.check(histories)?;
+        if n == 0 {
+            return Ok(vec![Vec::new(); histories.len()]);
+        }
         let s = score_histories(self.model, self.tensors, &self.candidates, histories);
         let scores: Vec<f32> = s.fused.to_data().try_to_vec::<f32>().unwrap_or_default();
-        histories
+        Ok(histories
             .iter()
             .zip(scores.chunks(n))
             .map(|(h, row)| {
@@ -210,6 +233,6 @@ impl<'a> Recommender<'a> {
                 }
                 idx
             })
-            .collect()
+            .collect())
     }
 }

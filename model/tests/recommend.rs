@@ -3,7 +3,7 @@
 use fedfuse_data::synthetic::{SyntheticConfig, generate};
 use fedfuse_model::catalog::ItemFeatures;
 use fedfuse_model::fit::{ModelShape, TITLE_LEN};
-use fedfuse_model::recommend::{Basis, Recommender};
+use fedfuse_model::recommend::{Basis, RecommendError, Recommender};
 
 #[test]
 fn recommendations_follow_the_query_explain_themselves_and_fall_back_to_popular() {
@@ -36,7 +36,7 @@ fn recommendations_follow_the_query_explain_themselves_and_fall_back_to_popular(
         .map(|e| e.item)
         .collect();
     assert!(!history.is_empty());
-    let plain = r.recommend(&history, None, 10);
+    let plain = r.recommend(&history, None, 10).unwrap();
     assert_eq!(plain.basis, Basis::Personal);
     assert_eq!(plain.items.len(), 10);
     for rec in &plain.items {
@@ -69,7 +69,7 @@ fn recommendations_follow_the_query_explain_themselves_and_fall_back_to_popular(
     let holders = (0..dataset.catalog.len())
         .filter(|i| dataset.catalog.items[*i].title.contains(&dataset.catalog.items[7].title[0]))
         .count();
-    let searched = r.recommend(&history, Some(&word), 10);
+    let searched = r.recommend(&history, Some(&word), 10).unwrap();
     let matching = searched.items.iter().filter(|x| x.explanation.query_match > 0.0).count();
     assert!(
         matching >= 10.min(holders) / 2,
@@ -81,13 +81,23 @@ fn recommendations_follow_the_query_explain_themselves_and_fall_back_to_popular(
     );
 
     // No history: the store's popular items.
-    let cold = r.recommend(&[], None, 5);
+    let cold = r.recommend(&[], None, 5).unwrap();
     assert_eq!(cold.basis, Basis::Popular);
     let most = (0..counts.len()).max_by_key(|i| (counts[*i], std::cmp::Reverse(*i))).unwrap() as u32;
     assert_eq!(cold.items[0].item, most);
     assert!(cold.items[0].explanation.branches.is_empty());
 
     // The fast path agrees with the explained one.
-    let fast = r.top_k(std::slice::from_ref(&history), 10);
+    let fast = r.top_k(std::slice::from_ref(&history), 10).unwrap();
     assert_eq!(fast[0], plain.items.iter().map(|x| x.item).collect::<Vec<_>>());
+
+    // An item beyond the catalog is an error naming it, on both paths, not an index panic.
+    let n = dataset.catalog.len();
+    let stale = vec![history[0], n as u32 + 3];
+    let unknown = RecommendError::UnknownItem {
+        item: n as u32 + 3,
+        items: n,
+    };
+    assert_eq!(r.recommend(&stale, None, 5).unwrap_err(), unknown);
+    assert_eq!(r.top_k(&[history.clone(), stale], 5).unwrap_err(), unknown);
 }

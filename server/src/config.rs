@@ -359,6 +359,10 @@ aggregation = {aggregation}
 optimizer = {optimizer}
 # Reject updates whose L2 norm exceeds this (uncomment to enable).
 {norm}
+# In an example-weighted mean a store's update weighs at most this many examples: its count is
+# its own claim, which the aggregator cannot check, so without a cap one store can outweigh the
+# rest (uncomment to enable).
+{max_examples}
 # Fine-tune each new global model's fusion (α, content scale, MLP head) on the platform's own
 # shoppers ([platform]) before the round commits; kept only if their validation improves.
 fine_tune = {fine_tune}
@@ -440,6 +444,11 @@ tail_average = {tail}
             norm = r
                 .norm_bound
                 .map_or("# norm_bound = 10.0".to_string(), |b| format!("norm_bound = {b:?}")),
+            max_examples = r
+                .max_examples_per_store
+                .map_or("# max_examples_per_store = 100000".to_string(), |m| {
+                    format!("max_examples_per_store = {m}")
+                }),
             fine_tune = r.fine_tune,
             central = central_dp_block(r.central_dp.as_ref()),
             le = pl.local_epochs,
@@ -566,6 +575,7 @@ mod tests {
             tau: 1e-3,
         };
         config.round.norm_bound = Some(5.0);
+        config.round.max_examples_per_store = Some(5000);
         config.plan.encoding = "int8".into();
         config.model.dim = 32;
         config.platform.hold_out = 0.25;

@@ -347,10 +347,11 @@ impl RoundCoordinator {
                     if let Some(c) = clipped {
                         round.within.push(c.within);
                     }
-                    round
-                        .aggregate
-                        .add(&valid.delta, valid.example_count)
-                        .map_err(|e| e.to_string())
+                    let weight = self
+                        .policy
+                        .max_examples_per_store
+                        .map_or(valid.example_count, |cap| valid.example_count.min(cap));
+                    round.aggregate.add(&valid.delta, weight).map_err(|e| e.to_string())
                 }) {
                 Err(detail) => out.push(reject(RejectionReason::Malformed { detail })),
                 Ok(()) => {

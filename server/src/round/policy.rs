@@ -25,6 +25,10 @@ pub struct RoundPolicy {
     pub optimizer: ServerOptimizerConfig,
     /// Reject updates with a larger L2 norm.
     pub norm_bound: Option<f64>,
+    /// In an example-weighted mean, a store's update weighs at most this many examples. A
+    /// store's example count is its own claim, which the aggregator cannot verify: without a
+    /// cap one store saying 10⁹ outweighs every other store of the round.
+    pub max_examples_per_store: Option<u64>,
     /// Fine-tune each new global model on platform data before the next round.
     pub fine_tune: bool,
     /// Store-level DP on every published model: updates clipped and summed unweighted, noise
@@ -51,6 +55,9 @@ impl RoundPolicy {
             && !(b.is_finite() && b > 0.0)
         {
             return Err(format!("[round] norm_bound = {b} must be a positive number"));
+        }
+        if self.max_examples_per_store == Some(0) {
+            return Err("[round] max_examples_per_store = 0 would weigh every update at nothing".into());
         }
         match self.aggregation {
             AggregationRule::UniformMean {
@@ -83,6 +90,7 @@ impl Default for RoundPolicy {
             aggregation: AggregationRule::ExampleWeightedMean,
             optimizer: ServerOptimizerConfig::default(),
             norm_bound: None,
+            max_examples_per_store: None,
             fine_tune: false,
             central_dp: None,
         }
@@ -122,6 +130,13 @@ mod tests {
                 ..d()
             },
             "norm_bound = -1",
+        );
+        bad(
+            RoundPolicy {
+                max_examples_per_store: Some(0),
+                ..d()
+            },
+            "max_examples_per_store = 0",
         );
         bad(
             RoundPolicy {

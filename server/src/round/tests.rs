@@ -220,6 +220,42 @@ fn a_plan_that_requires_dp_rejects_updates_without_a_privacy_spend_or_with_a_wea
     assert_eq!(c.params(), &[2.0, 2.0]);
 }
 
+/// One round of stores a, b (10 examples each, delta [1, 1]) and c (claims 10⁹, delta [4, 4]),
+/// example-weighted: the committed model.
+fn round_with_an_inflated_count(cap: Option<u64>) -> Vec<f32> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = coordinator(
+        RoundPolicy {
+            aggregation: AggregationRule::ExampleWeightedMean,
+            max_examples_per_store: cap,
+            ..policy()
+        },
+        &dir,
+    );
+    connect(&mut c, &["a", "b", "c"]);
+    send(&mut c, "a", update(1, 0, [1.0, 1.0]));
+    send(&mut c, "b", update(1, 0, [1.0, 1.0]));
+    let claimed = UpdateUpload {
+        example_count: 1_000_000_000,
+        ..update(1, 0, [4.0, 4.0])
+    };
+    let done = send(&mut c, "c", claimed);
+    assert!(
+        done.iter().any(|a| matches!(a, Action::Commit { updates: 3, .. })),
+        "{done:?}"
+    );
+    c.params().to_vec()
+}
+
+#[test]
+fn a_store_claiming_more_examples_weighs_no_more_than_the_cap() {
+    // Uncapped, c's claim decides the round alone.
+    let uncapped = round_with_an_inflated_count(None);
+    assert!(uncapped.iter().all(|v| (v - 4.0).abs() < 1e-3), "{uncapped:?}");
+    // Capped at 20: (10·1 + 10·1 + 20·4) / 40 = 2.5.
+    assert_eq!(round_with_an_inflated_count(Some(20)), vec![2.5, 2.5]);
+}
+
 #[test]
 fn deadlines_close_with_quorum_or_fail_without_it() {
     let dir = tempfile::tempdir().unwrap();
