@@ -118,6 +118,9 @@ struct Cli {
     /// `attention` or `lstm`.
     #[arg(long, default_value = "attention")]
     encoder: EncoderKind,
+    /// Dropout in the sequence encoder and the MLP head, while training.
+    #[arg(long, default_value_t = ModelShape::default().dropout)]
+    dropout: f64,
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
     /// User-level DP (one shopper = one privacy unit) inside every store, at this ε for the
@@ -318,8 +321,10 @@ fn main() -> anyhow::Result<()> {
         max_len: cli.max_len,
         head: cli.head,
         encoder: cli.encoder,
+        dropout: cli.dropout,
         ..ModelShape::default()
     };
+    shape.check().map_err(anyhow::Error::msg)?;
     let base = device::select(cli.device)?;
     base.seed(cli.seed);
     // The starting global model, as the aggregator's layout and flat parameters.
@@ -868,7 +873,7 @@ fn main() -> anyhow::Result<()> {
             "data": cli.data.to_string(),
             "config": {"rounds": cli.rounds, "local_epochs": cli.local_epochs, "local_steps": cli.local_steps, "lr": cli.lr, "lr_schedule": cli.lr_schedule, "min_lr_fraction": cli.min_lr_fraction, "lr_hold_fraction": cli.lr_hold_fraction, "batch_size": cli.batch_size,
                 "server_optimizer": cli.server_optimizer, "server_lr": cli.server_lr, "server_momentum": cli.server_momentum, "proximal_mu": cli.proximal_mu, "drift_correction": cli.drift_correction, "in_batch": cli.in_batch, "uniform": cli.uniform, "encoding": cli.encoding,
-                "dim": cli.dim, "max_len": cli.max_len, "head": cli.head, "seed": cli.seed,
+                "dim": cli.dim, "max_len": cli.max_len, "head": cli.head, "dropout": cli.dropout, "seed": cli.seed,
                 "target_epsilon": cli.target_epsilon, "store_level_epsilon": cli.store_level_epsilon, "delta": cli.delta, "platform_share": cli.platform_share, "serve": format!("{:?}", cli.serve)},
             "rounds": rounds,
             "fine_tuning": service_report.fine_tuning.iter().map(|(r, m)| json!({"round": r,
