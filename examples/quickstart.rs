@@ -161,6 +161,11 @@ struct Cli {
     /// has items turns the sampled softmax into the exact one over every item.
     #[arg(long, default_value_t = CandidateConfig::default().uniform)]
     uniform: usize,
+    /// Put every shopper into one store: the federation's own machinery (the store's recipe,
+    /// rounds, serving) with nothing to average, so a recipe's gap to centralized training can
+    /// be told apart from what averaging across stores costs. A diagnostic, not a federation.
+    #[arg(long)]
+    pool_stores: bool,
     /// Start each round with fresh AdamW moments (by default a store keeps its own).
     #[arg(long)]
     forget_optimizer: bool,
@@ -313,6 +318,10 @@ fn main() -> anyhow::Result<()> {
         ..SyntheticConfig::default()
     };
     let mut dataset = cli.data.load(&synthetic).with_context(|| format!("loading {}", cli.data))?;
+    if cli.pool_stores {
+        dataset.shoppers.iter_mut().for_each(|s| s.store = 0);
+        dataset.stores = vec!["all-stores".into()];
+    }
     let platform = (cli.platform_share > 0.0).then(|| hold_out_platform(&mut dataset, cli.platform_share, cli.seed));
     let split = Arc::new(Split::new(&dataset, &SplitConfig::default())?);
     let features = ItemFeatures::from_catalog(&dataset.catalog);
@@ -874,7 +883,7 @@ fn main() -> anyhow::Result<()> {
             "config": {"rounds": cli.rounds, "local_epochs": cli.local_epochs, "local_steps": cli.local_steps, "lr": cli.lr, "lr_schedule": cli.lr_schedule, "min_lr_fraction": cli.min_lr_fraction, "lr_hold_fraction": cli.lr_hold_fraction, "batch_size": cli.batch_size,
                 "server_optimizer": cli.server_optimizer, "server_lr": cli.server_lr, "server_momentum": cli.server_momentum, "proximal_mu": cli.proximal_mu, "drift_correction": cli.drift_correction, "in_batch": cli.in_batch, "uniform": cli.uniform, "encoding": cli.encoding,
                 "dim": cli.dim, "max_len": cli.max_len, "head": cli.head, "dropout": cli.dropout, "seed": cli.seed,
-                "target_epsilon": cli.target_epsilon, "store_level_epsilon": cli.store_level_epsilon, "delta": cli.delta, "platform_share": cli.platform_share, "serve": format!("{:?}", cli.serve)},
+                "target_epsilon": cli.target_epsilon, "store_level_epsilon": cli.store_level_epsilon, "delta": cli.delta, "platform_share": cli.platform_share, "pool_stores": cli.pool_stores, "serve": format!("{:?}", cli.serve)},
             "rounds": rounds,
             "fine_tuning": service_report.fine_tuning.iter().map(|(r, m)| json!({"round": r,
                 "metrics": m.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>()})).collect::<Vec<_>>(),
