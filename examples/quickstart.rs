@@ -105,6 +105,10 @@ struct Cli {
     /// steady aggregate approaches --server-lr / (1 − β)).
     #[arg(long, default_value_t = 0.9)]
     server_momentum: f32,
+    /// With `--server-optimizer fedavgm`: Nesterov momentum, the step taken along the velocity
+    /// it is about to have (DiLoCo's outer optimiser: --server-lr 0.7 --server-momentum 0.9).
+    #[arg(long)]
+    server_nesterov: bool,
     /// How updates travel: f32, f16 or int8.
     #[arg(long, default_value = "f32")]
     encoding: String,
@@ -258,10 +262,10 @@ impl std::str::FromStr for Serve {
 /// long ones for one that oscillates around where it converged.
 const TAIL_AVERAGE_CANDIDATES: [usize; 7] = [1, 2, 3, 5, 8, 10, 13];
 
-fn server_optimizer(name: &str, lr: f32, momentum: f32) -> anyhow::Result<ServerOptimizerConfig> {
+fn server_optimizer(name: &str, lr: f32, momentum: f32, nesterov: bool) -> anyhow::Result<ServerOptimizerConfig> {
     Ok(match name {
         "fedavg" => ServerOptimizerConfig::FedAvg { lr },
-        "fedavgm" => ServerOptimizerConfig::FedAvgM { lr, momentum },
+        "fedavgm" => ServerOptimizerConfig::FedAvgM { lr, momentum, nesterov },
         "fedadam" => ServerOptimizerConfig::FedAdam {
             lr,
             beta1: 0.9,
@@ -489,7 +493,7 @@ fn main() -> anyhow::Result<()> {
             } else {
                 AggregationRule::ExampleWeightedMean
             },
-            optimizer: server_optimizer(&cli.server_optimizer, cli.server_lr, cli.server_momentum)?,
+            optimizer: server_optimizer(&cli.server_optimizer, cli.server_lr, cli.server_momentum, cli.server_nesterov)?,
             fine_tune: platform.is_some(),
             central_dp: central_dp.clone(),
             ..RoundPolicy::default()
@@ -881,7 +885,7 @@ fn main() -> anyhow::Result<()> {
         let report = json!({
             "data": cli.data.to_string(),
             "config": {"rounds": cli.rounds, "local_epochs": cli.local_epochs, "local_steps": cli.local_steps, "lr": cli.lr, "lr_schedule": cli.lr_schedule, "min_lr_fraction": cli.min_lr_fraction, "lr_hold_fraction": cli.lr_hold_fraction, "batch_size": cli.batch_size,
-                "server_optimizer": cli.server_optimizer, "server_lr": cli.server_lr, "server_momentum": cli.server_momentum, "proximal_mu": cli.proximal_mu, "drift_correction": cli.drift_correction, "in_batch": cli.in_batch, "uniform": cli.uniform, "encoding": cli.encoding,
+                "server_optimizer": cli.server_optimizer, "server_lr": cli.server_lr, "server_momentum": cli.server_momentum, "server_nesterov": cli.server_nesterov, "proximal_mu": cli.proximal_mu, "drift_correction": cli.drift_correction, "in_batch": cli.in_batch, "uniform": cli.uniform, "encoding": cli.encoding,
                 "dim": cli.dim, "max_len": cli.max_len, "head": cli.head, "dropout": cli.dropout, "seed": cli.seed,
                 "target_epsilon": cli.target_epsilon, "store_level_epsilon": cli.store_level_epsilon, "delta": cli.delta, "platform_share": cli.platform_share, "pool_stores": cli.pool_stores, "serve": format!("{:?}", cli.serve)},
             "rounds": rounds,

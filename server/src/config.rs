@@ -354,7 +354,8 @@ seed = {seed}
 # {{ rule = "trimmed_mean", trim = 0.1 }}.
 aggregation = {aggregation}
 # How the aggregate is applied: {{ optimizer = "fed_avg", lr = 1.0 }}; {{ optimizer = "fed_avg_m",
-# lr = 1.0, momentum = 0.9 }} (server momentum, Hsu et al. 2019); or fed_adagrad / fed_adam /
+# lr = 1.0, momentum = 0.9, nesterov = false }} (server momentum, Hsu et al. 2019; nesterov = true
+# looks ahead along the velocity, DiLoCo's outer step with lr = 0.7); or fed_adagrad / fed_adam /
 # fed_yogi with lr, beta1, (beta2,) tau (Reddi et al. 2021).
 optimizer = {optimizer}
 # Reject updates whose L2 norm exceeds this (uncomment to enable).

@@ -577,7 +577,11 @@ mod tests {
     fn the_server_optimisers_moments_reload_with_the_version_they_were_committed_with() {
         let dir = tempfile::tempdir().unwrap();
         let moments = ServerOptimizerState {
-            config: ServerOptimizerConfig::FedAvgM { lr: 1.0, momentum: 0.9 },
+            config: ServerOptimizerConfig::FedAvgM {
+                lr: 1.0,
+                momentum: 0.9,
+                nesterov: false,
+            },
             m: vec![0.25, -1.5, 3.0],
             v: Vec::new(),
         };

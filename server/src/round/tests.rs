@@ -502,7 +502,11 @@ fn momentum_round(c: &mut RoundCoordinator, round: u64) -> (Vec<f32>, Option<Arc
 #[test]
 fn a_coordinator_resumed_with_its_committed_moments_continues_the_same_run() {
     let momentum = RoundPolicy {
-        optimizer: ServerOptimizerConfig::FedAvgM { lr: 1.0, momentum: 0.9 },
+        optimizer: ServerOptimizerConfig::FedAvgM {
+            lr: 1.0,
+            momentum: 0.9,
+            nesterov: false,
+        },
         quorum: 3,
         ..policy()
     };
