@@ -451,9 +451,9 @@ def local_work_section(runs, seeded, central, note):
     out = ["## Federation: local work per round, dropout, and one pooled store (MovieLens-100K)\n"]
     c = runs[0][1]["config"]
     out.append(
-        "`bench/federation.sh --only fed_e3,fed_e3d04,fed_e4x30,fed_pool_e2` (quickstart on loopback, as above), seed "
+        "`bench/federation.sh --only fed_e3,fed_e3d04,fed_e4x30,fed_e3nest,fed_pool_e2` (quickstart on loopback, as above), seed "
         f"{c['seed']}: dim 64, max_len 50, head 16, batches of 8 windows, AdamW lr 3e-3 constant, FedAvg weighted by "
-        "examples, the last model served. *Pooled* puts every shopper into one store (`--pool-stores`): the same "
+        "examples (the server step FedAvg's unless the row says otherwise), the last model served. *Pooled* puts every shopper into one store (`--pool-stores`): the same "
         "store agent, recipe and rounds with nothing to average, which is centralized training at the federation's "
         "recipe (constant rate, batches of 8, the optimiser's moments kept across rounds), evaluated the same way. "
         "Each cell is test HR@10 (full) of the model after that round, then the validation HR@10 the stores measured "
@@ -552,7 +552,8 @@ def main():
         md = replace_section(md, "federation-exact-softmax", table)
         args.benchmarks.write_text(md)
     labelled = [("3 epochs a round", "fed_e3"), ("3 epochs a round, dropout 0.4", "fed_e3d04"),
-                ("4 epochs a round", "fed_e4x30"), ("pooled: one store of every shopper, 2 epochs a round", "fed_pool_e2")]
+                ("4 epochs a round", "fed_e4x30"),
+                ("3 epochs a round, server Nesterov momentum (η 0.7, β 0.9)", "fed_e3nest"), ("pooled: one store of every shopper, 2 epochs a round", "fed_pool_e2")]
     work = [(label, r) for label, r in ((label, load(args.reports[0], n)) for label, n in labelled) if r]
     seeded = [(label, rs) for label, rs in ((label, [r for r in (load(d, n) for d in args.reports) if r])
                                            for label, n in labelled) if len(rs) > 1]
