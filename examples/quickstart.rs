@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use fedfuse_client::privacy::{StorePrivacy, StorePrivacyPolicy};
-use fedfuse_client::trainer::{FusedTrainer, RoundLog, StoreData, UserLevelDp};
+use fedfuse_client::trainer::{FusedTrainer, MomentExchange, PooledMoments, RoundLog, StoreData, UserLevelDp};
 use fedfuse_client::{AgentOptions, Backoff, run_agent};
 use fedfuse_data::evaluate::{EvalAccumulator, Holdout, evaluate_into};
 use fedfuse_data::partition::hold_out_platform;
@@ -173,6 +173,12 @@ struct Cli {
     /// Start each round with fresh AdamW moments (by default a store keeps its own).
     #[arg(long)]
     forget_optimizer: bool,
+    /// Start each store's round from the AdamW moments averaged over the stores' last round
+    /// (weighted by examples) instead of its own: one preconditioner for every store, as a
+    /// pooled store has. The stores pool them inside this process, not over the wire (which
+    /// does not carry moments): a diagnostic of what sharing them would give.
+    #[arg(long, conflicts_with = "forget_optimizer")]
+    pool_moments: bool,
     /// Which model the run serves and reports as `final`: `last`, the last committed model;
     /// `best-validated`, the version the stores' own validation shoppers ranked best when it was
     /// offered (federated early stopping; DP stores report no validation, and it falls back to
@@ -326,7 +332,11 @@ fn main() -> anyhow::Result<()> {
         dataset.shoppers.iter_mut().for_each(|s| s.store = 0);
         dataset.stores = vec!["all-stores".into()];
     }
-    let platform = (cli.platform_share > 0.0).then(|| hold_out_platform(&mut dataset, cli.platform_share, cli.seed));
+    let platform = if cli.platform_share > 0.0 {
+        Some(hold_out_platform(&mut dataset, cli.platform_share, cli.seed).context("--platform-share")?)
+    } else {
+        None
+    };
     let split = Arc::new(Split::new(&dataset, &SplitConfig::default())?);
     let features = ItemFeatures::from_catalog(&dataset.catalog);
     let shape = ModelShape {
@@ -555,6 +565,7 @@ fn main() -> anyhow::Result<()> {
             fine_tuner,
         ));
         let mut agents = Vec::new();
+        let moment_pool: Arc<dyn MomentExchange> = Arc::new(PooledMoments::default());
         for (i, store) in stores.iter().enumerate() {
             let bundle = pki_dir.issue_store(&store.name, 1)?;
             let own: Vec<Vec<u32>> = sequences
@@ -580,6 +591,9 @@ fn main() -> anyhow::Result<()> {
                 });
             if cli.forget_optimizer {
                 trainer = trainer.forget_optimizer_state();
+            }
+            if cli.pool_moments {
+                trainer = trainer.with_pooled_moments(moment_pool.clone(), store.index);
             }
             if cli.drift_correction {
                 trainer = trainer.with_drift_correction();
@@ -887,7 +901,7 @@ fn main() -> anyhow::Result<()> {
             "config": {"rounds": cli.rounds, "local_epochs": cli.local_epochs, "local_steps": cli.local_steps, "lr": cli.lr, "lr_schedule": cli.lr_schedule, "min_lr_fraction": cli.min_lr_fraction, "lr_hold_fraction": cli.lr_hold_fraction, "batch_size": cli.batch_size,
                 "server_optimizer": cli.server_optimizer, "server_lr": cli.server_lr, "server_momentum": cli.server_momentum, "server_nesterov": cli.server_nesterov, "proximal_mu": cli.proximal_mu, "drift_correction": cli.drift_correction, "in_batch": cli.in_batch, "uniform": cli.uniform, "encoding": cli.encoding,
                 "dim": cli.dim, "max_len": cli.max_len, "head": cli.head, "dropout": cli.dropout, "seed": cli.seed,
-                "target_epsilon": cli.target_epsilon, "store_level_epsilon": cli.store_level_epsilon, "delta": cli.delta, "platform_share": cli.platform_share, "pool_stores": cli.pool_stores, "serve": format!("{:?}", cli.serve)},
+                "target_epsilon": cli.target_epsilon, "store_level_epsilon": cli.store_level_epsilon, "delta": cli.delta, "platform_share": cli.platform_share, "pool_stores": cli.pool_stores, "pool_moments": cli.pool_moments, "forget_optimizer": cli.forget_optimizer, "serve": format!("{:?}", cli.serve)},
             "rounds": rounds,
             "fine_tuning": service_report.fine_tuning.iter().map(|(r, m)| json!({"round": r,
                 "metrics": m.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>()})).collect::<Vec<_>>(),

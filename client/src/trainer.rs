@@ -22,6 +22,7 @@ use fedfuse_model::dropout::seed_dropout_on_this_thread;
 use fedfuse_model::evaluate::FusedScorer;
 use fedfuse_model::fit::{ModelShape, TITLE_LEN};
 use fedfuse_model::fused::{FusedConfig, FusedRecommender};
+use fedfuse_model::moments::{NamedMoments, export_moments, import_moments};
 use fedfuse_model::params::{export, import, unflatten};
 use fedfuse_model::train::{TrainConfig, train_with};
 use fedfuse_model::window::CandidateConfig;
@@ -52,6 +53,49 @@ pub struct UserLevelDp {
     pub clip_norm: f64,
     /// Uniform candidates per step.
     pub negatives: usize,
+}
+
+/// Where stores pool their AdamW moments between rounds, so each starts a round from the
+/// moments averaged over the stores (one preconditioner estimated from every shopper, as a
+/// single pooled store would have) instead of its own. Only [`PooledMoments`], an in-process
+/// pool for the quickstart's diagnostics, exists: the wire does not carry moments yet.
+pub trait MomentExchange: Send + Sync {
+    /// What this store's optimiser held after training `round` on `examples` predictions.
+    fn deposit(&self, round: u64, store: u16, examples: usize, moments: NamedMoments);
+    /// The moments to start `round` from: the example-weighted mean over the stores of the
+    /// latest earlier round any store deposited, if any.
+    fn before(&self, round: u64) -> Option<NamedMoments>;
+}
+
+/// Every store's moments in one process, by round.
+#[derive(Default)]
+pub struct PooledMoments {
+    rounds: Mutex<std::collections::BTreeMap<u64, std::collections::BTreeMap<u16, (usize, NamedMoments)>>>,
+}
+
+impl MomentExchange for PooledMoments {
+    fn deposit(&self, round: u64, store: u16, examples: usize, moments: NamedMoments) {
+        let mut rounds = self.rounds.lock().unwrap_or_else(|e| e.into_inner());
+        rounds.entry(round).or_default().insert(store, (examples, moments));
+        // Older rounds are never asked for again once a later one holds moments.
+        while rounds.len() > 2 {
+            rounds.pop_first();
+        }
+    }
+
+    fn before(&self, round: u64) -> Option<NamedMoments> {
+        let rounds = self.rounds.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, stores) = rounds.range(..round).next_back()?;
+        let parts: Vec<(f64, &NamedMoments)> = stores.values().map(|(n, m)| (*n as f64, m)).collect();
+        match NamedMoments::weighted_mean(&parts) {
+            Ok(mean) if !mean.is_empty() => Some(mean),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!("pooled moments of round {round} disagree, each store keeps its own: {e}");
+                None
+            }
+        }
+    }
 }
 
 /// What the drift correction keeps from a store's last round.
@@ -97,6 +141,8 @@ pub struct FusedTrainer {
     /// Correct this store's drift (`fedfuse_model::drift`) in non-private rounds.
     drift_correction: bool,
     drift_memory: Option<DriftMemory>,
+    /// Where this store pools its moments with the others' (and which store it is there).
+    moments: Option<(Arc<dyn MomentExchange>, u16)>,
     pub log: Arc<Mutex<Vec<RoundLog>>>,
 }
 
@@ -121,6 +167,7 @@ impl FusedTrainer {
             dp: None,
             drift_correction: false,
             drift_memory: None,
+            moments: None,
             log: Arc::new(Mutex::new(Vec::new())),
         }
     }
@@ -136,6 +183,13 @@ impl FusedTrainer {
     /// Trains with user-level DP-SGD from now on.
     pub fn with_user_level_dp(mut self, dp: UserLevelDp) -> Self {
         self.dp = Some(dp);
+        self
+    }
+
+    /// Pool this store's AdamW moments with the other stores' through `exchange` and start every
+    /// non-private round from their mean (DP-SGD rounds keep their own optimiser).
+    pub fn with_pooled_moments(mut self, exchange: Arc<dyn MomentExchange>, store: u16) -> Self {
+        self.moments = Some((exchange, store));
         self
     }
 
@@ -287,6 +341,10 @@ impl LocalTrainer for FusedTrainer {
                         AdamWConfig::new().with_weight_decay(1e-4).init(),
                     ),
                 };
+                if let Some(pooled) = self.moments.as_ref().and_then(|(exchange, _)| exchange.before(round)) {
+                    optim = import_moments(&model, AdamWConfig::new().with_weight_decay(1e-4).init(), &pooled)
+                        .map_err(|e| format!("the pooled moments: {e}"))?;
+                }
                 let lr = f64::from(plan.learning_rate);
                 // The last round's memory counts only if it was the round just before.
                 let shift = self
@@ -330,6 +388,10 @@ impl LocalTrainer for FusedTrainer {
                 let steps: usize = reports.iter().map(|r| r.steps).sum();
                 let loss = reports.last().map_or(f64::NAN, |r| r.mean_loss);
                 let plain = model.valid();
+                if let Some((exchange, store)) = &self.moments {
+                    let moments = export_moments(&model, &optim).map_err(|e| format!("this store's moments: {e}"))?;
+                    exchange.deposit(round, *store, examples, moments);
+                }
                 self.kept = Some((model, optim));
                 drift = self.drift_correction.then_some((shift, steps, lr));
                 (plain, loss, examples, None)
@@ -490,6 +552,42 @@ mod tests {
         (1..=2)
             .map(|round| store.train(round, &shapes, &flat, &plan()).expect("trains").delta)
             .collect()
+    }
+
+    /// Stores pooling their moments start round 2 from the example-weighted mean of what both
+    /// held after round 1; round 1 (nothing pooled yet) trains as a store on its own does.
+    #[test]
+    fn pooled_moments_are_the_stores_example_weighted_mean_and_change_the_next_round() {
+        let (shapes, flat) = layout_and_values(&tiny_initial_model());
+        let pool: Arc<dyn MomentExchange> = Arc::new(PooledMoments::default());
+        assert!(pool.before(1).is_none(), "nothing pooled before any round");
+        let mut alone = tiny_store(1);
+        let mut first = tiny_store(1).with_pooled_moments(pool.clone(), 0);
+        // Another store: fewer shoppers, so the two weigh differently.
+        let mut second = tiny_store(2).with_pooled_moments(pool.clone(), 1);
+        second.data.sequences.truncate(5);
+
+        let a = first.train(1, &shapes, &flat, &plan()).unwrap();
+        let b = second.train(1, &shapes, &flat, &plan()).unwrap();
+        assert_eq!(alone.train(1, &shapes, &flat, &plan()).unwrap().delta, a.delta);
+        assert_ne!(a.example_count, b.example_count);
+        let own = |s: &FusedTrainer| {
+            let (model, optim) = s.kept.as_ref().unwrap();
+            export_moments(model, optim).unwrap()
+        };
+        let expected = NamedMoments::weighted_mean(&[
+            (a.example_count as f64, &own(&first)),
+            (b.example_count as f64, &own(&second)),
+        ])
+        .unwrap();
+        let pooled = pool.before(2).expect("round 1 pooled");
+        assert_eq!(pooled, expected);
+        assert_ne!(pooled, own(&first), "the mean is not one store's own");
+        assert_eq!(pool.before(1), None, "round 1 starts from nothing");
+
+        let pooled_round = first.train(2, &shapes, &flat, &plan()).unwrap().delta;
+        let own_round = alone.train(2, &shapes, &flat, &plan()).unwrap().delta;
+        assert_ne!(pooled_round, own_round, "round 2 started from the pooled moments");
     }
 
     /// The σ charged to the ledger (over the clip norm plus the noise grid's rounding) is what

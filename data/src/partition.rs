@@ -121,8 +121,20 @@ pub const PLATFORM_STORE: &str = "platform";
 /// Moves a share of every store's shoppers (chosen by a hash of the shopper id and `seed`) into
 /// a new store [`PLATFORM_STORE`]: shoppers the platform owns, kept out of every partner store,
 /// for its own fine-tuning and evaluation. Returns the new store's index.
-pub fn hold_out_platform(dataset: &mut Dataset, share: f64, seed: u64) -> u16 {
-    let index = dataset.stores.len() as u16;
+///
+/// A share outside [0, 1] is an error rather than a silent "everyone" or "no one", and so is a
+/// data set whose stores already use every `u16` index: the platform's index would wrap onto
+/// store 0 and take that store's shoppers into the platform's hold-out.
+pub fn hold_out_platform(dataset: &mut Dataset, share: f64, seed: u64) -> Result<u16> {
+    if !(0.0..=1.0).contains(&share) {
+        return Err(DataError::Config(format!(
+            "the platform's share of shoppers must lie in [0, 1], not {share}"
+        )));
+    }
+    let index = u16::try_from(dataset.stores.len()).map_err(|_| DataError::Overflow {
+        what: "stores (with the platform's)",
+        max: u16::MAX.into(),
+    })?;
     dataset.stores.push(PLATFORM_STORE.to_owned());
     for (i, shopper) in dataset.shoppers.iter_mut().enumerate() {
         let mut z = (i as u64) ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -133,7 +145,7 @@ pub fn hold_out_platform(dataset: &mut Dataset, share: f64, seed: u64) -> u16 {
             shopper.store = index;
         }
     }
-    index
+    Ok(index)
 }
 
 #[cfg(test)]
@@ -147,7 +159,7 @@ mod tests {
             stores: vec!["zip-1".into()],
             ..Dataset::default()
         };
-        let p = hold_out_platform(&mut dataset, 0.1, 3);
+        let p = hold_out_platform(&mut dataset, 0.1, 3).unwrap();
         assert_eq!(dataset.stores[p as usize], PLATFORM_STORE);
         let held = dataset.store_sizes()[p as usize];
         assert!((150..250).contains(&held), "{held} of 2000");
@@ -157,7 +169,7 @@ mod tests {
                 stores: vec!["zip-1".into()],
                 ..Dataset::default()
             };
-            hold_out_platform(&mut d, 0.1, 3);
+            hold_out_platform(&mut d, 0.1, 3).unwrap();
             d.shoppers.iter().map(|s| s.store).collect::<Vec<_>>()
         };
         assert_eq!(
@@ -165,6 +177,32 @@ mod tests {
             dataset.shoppers.iter().map(|s| s.store).collect::<Vec<_>>(),
             "deterministic"
         );
+    }
+
+    #[test]
+    fn a_platform_index_that_would_wrap_or_a_share_beyond_one_is_refused() {
+        let mut full = Dataset {
+            shoppers: vec![shopper(Some("12345"), None, None)],
+            stores: (0..=u16::MAX).map(|i| format!("store-{i}")).collect(),
+            ..Dataset::default()
+        };
+        let err = hold_out_platform(&mut full, 0.5, 1).unwrap_err();
+        assert!(matches!(err, DataError::Overflow { max: 65535, .. }), "{err}");
+        assert_eq!(full.stores.len(), 65_536, "nothing was added");
+        assert_eq!(full.shoppers[0].store, 0, "no shopper moved");
+
+        let mut one = Dataset {
+            shoppers: vec![shopper(Some("12345"), None, None)],
+            stores: vec!["zip-1".into()],
+            ..Dataset::default()
+        };
+        for share in [-0.1, 1.5, f64::NAN] {
+            let err = hold_out_platform(&mut one, share, 1).unwrap_err();
+            assert!(err.to_string().contains("[0, 1]"), "{share}: {err}");
+        }
+        assert_eq!(one.stores, vec!["zip-1".to_owned()]);
+        assert_eq!(hold_out_platform(&mut one, 1.0, 1).unwrap(), 1);
+        assert_eq!(one.shoppers[0].store, 1, "a share of 1 holds out everyone");
     }
 
     fn shopper(zip: Option<&str>, age: Option<u8>, occupation: Option<&str>) -> ShopperInfo {

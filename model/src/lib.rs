@@ -15,7 +15,8 @@
 //! - [`fit`]: training with early stopping on validation, as experiments run it;
 //! - [`dpsgd`]: user-level DP-SGD with per-shopper gradients from one backward pass;
 //! - [`recommend`]: top-K with an optional search query and per-item explanations;
-//! - [`params`]: the model as named f32 tensors, for federated averaging and export.
+//! - [`params`]: the model as named f32 tensors, for federated averaging and export;
+//! - [`moments`]: AdamW's moments by parameter name, so stores can share one preconditioner.
 //!
 //! Shoppers are represented only by their item history: no parameter belongs to a shopper, so
 //! nothing shopper-specific can leave a store in an update.
@@ -32,6 +33,7 @@ pub mod finetune;
 pub mod fit;
 pub mod fused;
 pub mod item_tower;
+pub mod moments;
 pub mod params;
 pub mod recommend;
 pub mod sequence;

@@ -144,7 +144,8 @@ impl PlatformData {
         let mut dataset = source.load(&synthetic).with_context(|| format!("[platform] data {source}"))?;
         let store = match dataset.stores.iter().position(|s| *s == config.platform.store) {
             Some(i) => i as u16,
-            None => fedfuse_data::partition::hold_out_platform(&mut dataset, config.platform.hold_out, config.round.seed),
+            None => fedfuse_data::partition::hold_out_platform(&mut dataset, config.platform.hold_out, config.round.seed)
+                .context("[platform] hold_out")?,
         };
         let split = Arc::new(fedfuse_data::Split::new(&dataset, &Default::default())?);
         let features = fedfuse_model::catalog::ItemFeatures::from_catalog(&dataset.catalog);
