@@ -458,8 +458,8 @@ def local_work_section(runs, seeded, central, note):
     out = ["## Federation: local work per round, dropout, and one pooled store (MovieLens-100K)\n"]
     c = runs[0][1]["config"]
     out.append(
-        "`bench/federation.sh --only fed_e3,fed_e3d04,fed_e4x30,fed_e3nest,fed_e3forget,fed_e2lr5,fed_pool_e2` (quickstart on loopback, as above), seed "
-        f"{c['seed']}: dim 64, max_len 50, head 16, batches of 8 windows, AdamW constant at the row's lr, each store keeping "
+        "`bench/federation.sh --only fed_e3,fed_e3d04,fed_e4x30,fed_e3nest,fed_e3forget,fed_e3pm,fed_e2,fed_e2b4,fed_e2lr5,fed_pool_e2` (quickstart on loopback, as above), seed "
+        f"{c['seed']}: dim 64, max_len 50, head 16, batches of 8 windows unless the row says otherwise, AdamW constant at the row's lr, each store keeping "
         "its moments across rounds unless the row says otherwise, FedAvg weighted by "
         "examples (the server step FedAvg's unless the row says otherwise), the last model served. *Pooled* puts every shopper into one store (`--pool-stores`): the same "
         "store agent, recipe and rounds with nothing to average, which is centralized training at the federation's "
@@ -563,6 +563,9 @@ def main():
                 ("4 epochs a round", "fed_e4x30"),
                 ("3 epochs a round, server Nesterov momentum (η 0.7, β 0.9)", "fed_e3nest"),
                 ("3 epochs a round, fresh AdamW moments every round", "fed_e3forget"),
+                ("3 epochs a round, AdamW moments averaged over the stores", "fed_e3pm"),
+                ("2 epochs a round (the first recipe)", "fed_e2"),
+                ("2 epochs a round, batches of 4 windows", "fed_e2b4"),
                 ("2 epochs a round, stores' lr 5e-3", "fed_e2lr5"), ("pooled: one store of every shopper, 2 epochs a round", "fed_pool_e2")]
     work = [(label, r) for label, r in ((label, load(args.reports[0], n)) for label, n in labelled) if r]
     seeded = [(label, rs) for label, rs in ((label, [r for r in (load(d, n) for d in args.reports) if r])
