@@ -67,10 +67,13 @@ pub trait MomentExchange: Send + Sync {
     fn before(&self, round: u64) -> Option<NamedMoments>;
 }
 
+/// Each store's examples and moments after one round, by store.
+type RoundMoments = std::collections::BTreeMap<u16, (usize, NamedMoments)>;
+
 /// Every store's moments in one process, by round.
 #[derive(Default)]
 pub struct PooledMoments {
-    rounds: Mutex<std::collections::BTreeMap<u64, std::collections::BTreeMap<u16, (usize, NamedMoments)>>>,
+    rounds: Mutex<std::collections::BTreeMap<u64, RoundMoments>>,
 }
 
 impl MomentExchange for PooledMoments {
