@@ -455,7 +455,7 @@ def local_work_section(runs, seeded, central, note):
     for it. `runs` is [(label, report)] of the first seed, `seeded` [(label, [every seed's
     report])] for the runs made with more than one seed."""
     rounds = [1, 2, 4, 7, 10, 15, 20, 25, 30]
-    out = ["## Federation: local work per round, dropout, and one pooled store (MovieLens-100K)\n"]
+    out = ["## Federation: local work per round, dropout, the stores' optimiser state, and one pooled store (MovieLens-100K)\n"]
     c = runs[0][1]["config"]
     out.append(
         "`bench/federation.sh --only fed_e3,fed_e3d04,fed_e4x30,fed_e3nest,fed_e3forget,fed_e3pm,fed_e2,fed_e2b4,fed_e2lr5,fed_pool_e2` (quickstart on loopback, as above), seed "
@@ -503,6 +503,18 @@ def local_work_section(runs, seeded, central, note):
             out.append(f"| {label} | {', '.join(str(r['config']['seed']) for r in reports)} | {lo}–{n} | {cell(last)} | "
                        f"**{cell(half)}** | {', '.join(f'{h:.4f}' for h in half)} | "
                        + (f"{mean_std(half)[0] / central[0]:.3f}" if central else "–") + " |")
+        # Runs of the same rounds and seeds as the first, paired seed by seed with it.
+        base_label, base = seeded[0]
+        seeds_of = lambda rs: [r["config"]["seed"] for r in rs]
+        for label, reports in seeded[1:]:
+            if seeds_of(reports) != seeds_of(base) or reports[0]["config"]["rounds"] != base[0]["config"]["rounds"]:
+                continue
+            diffs = [second_half(r) - second_half(b) for r, b in zip(reports, base)]
+            ahead = sum(d > 0 for d in diffs)
+            m, sd = mean_std(diffs)
+            out.append(f"\n{label} minus {base_label.lower()}, seed by seed (mean of the second half): "
+                       + ", ".join(f"{d:+.4f}" for d in diffs)
+                       + f" (mean {m:+.4f} ± {sd:.4f}): ahead in {ahead} of {len(diffs)} seeds.")
     return "\n".join(out) + "\n"
 
 
