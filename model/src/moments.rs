@@ -19,6 +19,7 @@ use burn::optim::{ModuleOptimizer, OptimizerRecord};
 use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::ModelError;
+use crate::params::export;
 
 /// One parameter's AdamW moments.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,30 +94,26 @@ impl NamedMoments {
     }
 }
 
-/// Path, parameter id and shape of every float parameter, in traversal order.
+/// Every float parameter's id, in traversal order.
 #[derive(Default)]
-struct Ids {
-    path: Vec<String>,
-    out: Vec<(String, u64, Vec<usize>)>,
-}
+struct Ids(Vec<u64>);
 
 impl ModuleVisitor for Ids {
-    fn enter_module(&mut self, name: &str, _container: &str) {
-        self.path.push(name.to_owned());
-    }
-    fn exit_module(&mut self, _name: &str, _container: &str) {
-        self.path.pop();
-    }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.out
-            .push((self.path.join("."), param.id.val(), param.val().dims().to_vec()));
+        self.0.push(param.id.val());
     }
 }
 
+/// Path, parameter id and shape of every float parameter, in traversal order (the order of
+/// [`export`], whose names are the paths).
 fn ids<M: Module>(model: &M) -> Vec<(String, u64, Vec<usize>)> {
     let mut ids = Ids::default();
     model.visit(&mut ids);
-    ids.out
+    export(model)
+        .into_iter()
+        .zip(ids.0)
+        .map(|(p, id)| (p.name, id, p.shape))
+        .collect()
 }
 
 fn record_error(detail: impl std::fmt::Display) -> ModelError {

@@ -3,7 +3,7 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use fedfuse_model::catalog::{CatalogTensors, ItemFeatures};
+use fedfuse_model::catalog::CatalogTensors;
 use fedfuse_model::fused::{FusedConfig, FusedRecommender};
 use fedfuse_model::item_tower::ItemTowerConfig;
 use fedfuse_model::params::{NamedParam, export, import};
@@ -11,26 +11,8 @@ use fedfuse_model::sequence::{EncoderKind, SequenceEncoderConfig};
 use fedfuse_model::train::{Objective, TrainConfig, train};
 use fedfuse_model::window::CandidateConfig;
 
-const ITEMS: usize = 8;
-
-fn features() -> ItemFeatures {
-    ItemFeatures {
-        category: vec![1, 1, 2, 2, 3, 3, 1, 2],
-        brand: vec![1, 2, 1, 2, 1, 2, 3, 3],
-        price_band: vec![1, 2, 3, 4, 5, 1, 2, 3],
-        title: vec![
-            vec![1, 2],
-            vec![2, 3],
-            vec![3],
-            vec![4, 5],
-            vec![5],
-            vec![6, 1],
-            vec![],
-            vec![7],
-        ],
-        genres: vec![vec![]; ITEMS],
-    }
-}
+mod common;
+use common::{ITEMS, features, walks};
 
 fn model_of(device: &Device, seed: u64, kind: EncoderKind) -> (FusedRecommender, CatalogTensors) {
     device.seed(seed);
@@ -149,14 +131,6 @@ fn flatten_and_load_round_trip_exactly() {
         values: vec![0.0],
     });
     assert!(import(b, &extra).is_err());
-}
-
-/// Shoppers walk the catalog in order (after item i comes i+1, wrapping): a sequential
-/// pattern only a model that learns can rank.
-fn walks() -> Vec<Vec<u32>> {
-    (0..ITEMS as u32)
-        .map(|s| (0..10).map(|k| (s + k) % ITEMS as u32).collect())
-        .collect()
 }
 
 fn walk_hit_rate(m: &FusedRecommender, catalog: &CatalogTensors, device: &Device) -> f64 {

@@ -4,7 +4,7 @@
 
 use burn::optim::AdamWConfig;
 use burn::tensor::Device;
-use fedfuse_model::catalog::{CatalogTensors, ItemFeatures};
+use fedfuse_model::catalog::CatalogTensors;
 use fedfuse_model::fused::{FusedConfig, FusedRecommender};
 use fedfuse_model::item_tower::ItemTowerConfig;
 use fedfuse_model::moments::{NamedMoments, ParamMoments, export_moments, import_moments};
@@ -12,37 +12,17 @@ use fedfuse_model::params::{NamedParam, export, import};
 use fedfuse_model::sequence::SequenceEncoderConfig;
 use fedfuse_model::train::{TrainConfig, train_with};
 
-const ITEMS: usize = 8;
+mod common;
+use common::{features, walks};
 
 fn catalog_and_config(device: &Device) -> (CatalogTensors, FusedConfig) {
-    let f = ItemFeatures {
-        category: vec![1, 1, 2, 2, 3, 3, 1, 2],
-        brand: vec![1, 2, 1, 2, 1, 2, 3, 3],
-        price_band: vec![1, 2, 3, 4, 5, 1, 2, 3],
-        title: vec![
-            vec![1, 2],
-            vec![2, 3],
-            vec![3],
-            vec![4, 5],
-            vec![5],
-            vec![6, 1],
-            vec![],
-            vec![7],
-        ],
-        genres: vec![vec![]; ITEMS],
-    };
+    let f = features();
     let vocabulary = f.vocabulary(4);
     let config = FusedConfig::new(
         ItemTowerConfig::for_vocabulary(&vocabulary, 16),
         SequenceEncoderConfig::new(16, 12).with_dropout(0.0),
     );
     (f.to_tensors(vocabulary, device), config)
-}
-
-fn walks() -> Vec<Vec<u32>> {
-    (0..ITEMS as u32)
-        .map(|s| (0..10).map(|k| (s + k) % ITEMS as u32).collect())
-        .collect()
 }
 
 fn config(epochs: usize, seed: u64) -> TrainConfig {
