@@ -101,6 +101,11 @@ impl MomentExchange for PooledMoments {
     }
 }
 
+/// A store's local optimiser before it has stepped.
+fn store_optimizer() -> ModuleOptimizer {
+    AdamWConfig::new().with_weight_decay(1e-4).init()
+}
+
 /// What the drift correction keeps from a store's last round.
 struct DriftMemory {
     round: u64,
@@ -341,12 +346,11 @@ impl LocalTrainer for FusedTrainer {
                     Some((model, optim)) if self.keep_optimizer => (import(model, &offered).map_err(|e| e.to_string())?, optim),
                     _ => (
                         import(self.config.init(&train_device), &offered).map_err(|e| e.to_string())?,
-                        AdamWConfig::new().with_weight_decay(1e-4).init(),
+                        store_optimizer(),
                     ),
                 };
                 if let Some(pooled) = self.moments.as_ref().and_then(|(exchange, _)| exchange.before(round)) {
-                    optim = import_moments(&model, AdamWConfig::new().with_weight_decay(1e-4).init(), &pooled)
-                        .map_err(|e| format!("the pooled moments: {e}"))?;
+                    optim = import_moments(&model, store_optimizer(), &pooled).map_err(|e| format!("the pooled moments: {e}"))?;
                 }
                 let lr = f64::from(plan.learning_rate);
                 // The last round's memory counts only if it was the round just before.

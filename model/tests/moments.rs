@@ -5,7 +5,7 @@
 use burn::optim::AdamWConfig;
 use burn::tensor::Device;
 use fedfuse_model::catalog::CatalogTensors;
-use fedfuse_model::fused::{FusedConfig, FusedRecommender};
+use fedfuse_model::fused::FusedConfig;
 use fedfuse_model::item_tower::ItemTowerConfig;
 use fedfuse_model::moments::{NamedMoments, ParamMoments, export_moments, import_moments};
 use fedfuse_model::params::{NamedParam, export, import};
@@ -37,10 +37,6 @@ fn config(epochs: usize, seed: u64) -> TrainConfig {
     }
 }
 
-fn values(m: &FusedRecommender) -> Vec<NamedParam> {
-    export(m)
-}
-
 fn max_difference(a: &[NamedParam], b: &[NamedParam]) -> f32 {
     a.iter()
         .zip(b)
@@ -59,7 +55,7 @@ fn moments_carried_by_name_continue_training_as_the_optimiser_that_made_them() {
     })
     .unwrap();
     let moments = export_moments(&trained, &optim).unwrap();
-    assert_eq!(moments.params.len(), values(&trained).len(), "every parameter was stepped");
+    assert_eq!(moments.params.len(), export(&trained).len(), "every parameter was stepped");
     let steps: usize = reports.iter().map(|r| r.steps).sum();
     assert_eq!(moments.steps, steps as u64);
     assert!(steps >= 6, "3 epochs of at least 8 windows in batches of 4: {steps}");
@@ -72,14 +68,14 @@ fn moments_carried_by_name_continue_training_as_the_optimiser_that_made_them() {
     // Another model, built apart (other parameter ids), given the trained values and the
     // moments by name: a store receiving the federation's moments.
     device.seed(99);
-    let elsewhere = import(fused.init(&device), &values(&trained)).unwrap();
+    let elsewhere = import(fused.init(&device), &export(&trained)).unwrap();
     let fresh = AdamWConfig::new().with_weight_decay(1e-4).init();
     let mut carried = import_moments(&elsewhere, fresh, &moments).unwrap();
     let (continued, _) = train_with(elsewhere.clone(), &mut carried, &catalog, &walks(), &config(1, 2), |_, _| {
         true
     })
     .unwrap();
-    let gap = max_difference(&values(&kept), &values(&continued));
+    let gap = max_difference(&export(&kept), &export(&continued));
     assert!(
         gap < 1e-6,
         "carried moments continue as the original optimiser: max |Δ| = {gap}"
@@ -88,7 +84,7 @@ fn moments_carried_by_name_continue_training_as_the_optimiser_that_made_them() {
     // Without the moments the same step goes elsewhere (so the check above can fail).
     let mut forgot = AdamWConfig::new().with_weight_decay(1e-4).init();
     let (restarted, _) = train_with(elsewhere, &mut forgot, &catalog, &walks(), &config(1, 2), |_, _| true).unwrap();
-    let apart = max_difference(&values(&kept), &values(&restarted));
+    let apart = max_difference(&export(&kept), &export(&restarted));
     assert!(apart > 1e-4, "fresh moments step differently: max |Δ| = {apart}");
 }
 
