@@ -81,6 +81,11 @@ struct Cli {
     /// Items of history the model reads (and predictions per training window).
     #[arg(long, default_value_t = 50)]
     max_len: usize,
+    /// Score only the last N positions of each training window, with the items before them as
+    /// context, so that predictions train from as much history as they are served with (costs
+    /// max-len / N forward passes per epoch). Unset: disjoint windows, every position scored.
+    #[arg(long, value_name = "N")]
+    window_stride: Option<usize>,
     /// Hidden width of the MLP head.
     #[arg(long, default_value_t = 16)]
     head: usize,
@@ -175,6 +180,7 @@ fn main() -> anyhow::Result<()> {
         warmup_steps: cli.warmup,
         weight_decay: cli.weight_decay,
         max_len: cli.max_len,
+        window_stride: cli.window_stride,
         candidates: CandidateConfig {
             in_batch: cli.in_batch,
             uniform: cli.uniform,
@@ -331,6 +337,7 @@ fn main() -> anyhow::Result<()> {
             "layers": cli.layers, "dropout": cli.dropout, "lr": cli.lr, "batch_size": cli.batch_size,
             "loss": format!("{:?}", cli.loss), "in_batch": cli.in_batch, "uniform": cli.uniform,
             "patience": cli.patience, "max_epochs": cli.epochs, "split_seed": cli.split_seed,
+            "window_stride": cli.window_stride, "warmup": cli.warmup, "weight_decay": cli.weight_decay,
         },
     });
     if cli.branches.len() > 1 || cli.seeds.len() > 1 {

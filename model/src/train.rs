@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::catalog::CatalogTensors;
 use crate::fused::FusedRecommender;
-use crate::window::{CandidateConfig, SplitMix, TrainBatch, Window, batch, windows};
+use crate::window::{CandidateConfig, SplitMix, TrainBatch, Window, batch, context_windows, windows};
 
 /// The training objective.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +47,9 @@ pub struct TrainConfig {
     pub warmup_steps: usize,
     pub weight_decay: f32,
     pub max_len: usize,
+    /// Score only the last `stride` positions of each window and fill the rest with earlier
+    /// items as context (`window::context_windows`); `None` cuts disjoint windows.
+    pub window_stride: Option<usize>,
     pub candidates: CandidateConfig,
     pub objective: Objective,
     pub seed: u64,
@@ -76,6 +79,7 @@ impl Default for TrainConfig {
             warmup_steps: 0,
             weight_decay: 1e-4,
             max_len: 50,
+            window_stride: None,
             candidates: CandidateConfig::default(),
             objective: Objective::SampledSoftmax,
             seed: 7,
@@ -109,6 +113,14 @@ impl TrainConfig {
         }
         if self.max_len == 0 {
             return Err(InvalidTrainConfig("max_len must be at least 1".into()));
+        }
+        if let Some(stride) = self.window_stride
+            && !(1..=self.max_len).contains(&stride)
+        {
+            return Err(InvalidTrainConfig(format!(
+                "window stride {stride} must be in 1..={} (max_len)",
+                self.max_len
+            )));
         }
         if !(self.proximal_mu >= 0.0 && self.proximal_mu.is_finite()) {
             return Err(InvalidTrainConfig(format!(
@@ -310,7 +322,10 @@ pub fn train_with(
     config.check()?;
     let device = catalog.category.device();
     let n_items = catalog.vocabulary.items - 1;
-    let mut all: Vec<Window> = windows(sequences, config.max_len);
+    let mut all: Vec<Window> = match config.window_stride {
+        Some(stride) => context_windows(sequences, config.max_len, stride),
+        None => windows(sequences, config.max_len),
+    };
     let batch_size = config.batch_size.max(1);
     let steps_per_epoch = all.len().div_ceil(batch_size).max(1);
     let (epochs, total_steps) = match config.max_steps {

@@ -6,6 +6,13 @@
 //! (causal encoders see only the past). Every training event is the target of exactly one
 //! window per epoch.
 //!
+//! Cut that way, the first targets of a window see one or two items of history, while a
+//! shopper's test item is predicted from a full `max_len`. [`context_windows`] cuts targets in
+//! chunks of `stride` instead and fills the rest of each window with the items before them as
+//! context (read, not scored), so that every target after the first `max_len` events is
+//! predicted from at least `max_len − stride` items, the way it will be served. It costs
+//! `max_len / stride` times the forward passes per epoch.
+//!
 //! The candidates a batch's predictions are scored against are shared by the whole batch:
 //! `in_batch` draws from the batch's own targets (negatives as popular as the data) and
 //! `uniform` draws from the catalog (so the tail is not ignored), both with replacement. Each
@@ -17,12 +24,14 @@
 use burn::prelude::*;
 use burn::tensor::{Bool, Int, TensorData};
 
-/// One window: targets are `sequence[start..end]` of shopper `shopper`.
+/// One window: targets are `sequence[start..end]` of shopper `shopper`, read after the
+/// `context` items before `sequence[start - 1]` (inputs `start - 1 - context .. end - 1`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
     pub shopper: u32,
     pub start: u32,
     pub end: u32,
+    pub context: u32,
 }
 
 /// All windows of `sequences` (targets need at least one earlier item).
@@ -37,6 +46,33 @@ pub fn windows(sequences: &[Vec<u32>], max_len: usize) -> Vec<Window> {
                 shopper: s as u32,
                 start: start as u32,
                 end: end as u32,
+                context: 0,
+            });
+            end = start;
+        }
+    }
+    out
+}
+
+/// Windows of `max_len` inputs whose last `stride` positions are scored (`1 ≤ stride ≤
+/// max_len`; `stride = max_len` is [`windows`]). Cut from the end backwards; a sequence's
+/// oldest targets, up to `max_len` of them, form one window without context. Every training
+/// event is still the target of exactly one window.
+pub fn context_windows(sequences: &[Vec<u32>], max_len: usize, stride: usize) -> Vec<Window> {
+    let max_len = max_len.max(1);
+    let stride = stride.clamp(1, max_len);
+    let mut out = Vec::new();
+    for (s, seq) in sequences.iter().enumerate() {
+        let mut end = seq.len();
+        while end > 1 {
+            // Targets 1..end need inputs 0..end-1: they fit in one window.
+            let start = if end - 1 <= max_len { 1 } else { end - stride };
+            let context = (max_len - (end - start)).min(start - 1);
+            out.push(Window {
+                shopper: s as u32,
+                start: start as u32,
+                end: end as u32,
+                context: context as u32,
             });
             end = start;
         }
@@ -135,13 +171,15 @@ pub fn batch(
     for (row, w) in windows.iter().enumerate() {
         let seq = &sequences[w.shopper as usize];
         let (start, end) = (w.start as usize, w.end as usize);
-        let n = end - start;
-        let offset = row * t + (t - n);
-        for (k, p) in (start..end).enumerate() {
+        let first = start - w.context as usize;
+        let offset = row * t + (t - (end - first));
+        for (k, p) in (first..end).enumerate() {
             history[offset + k] = i64::from(seq[p - 1]) + 1;
-            target[offset + k] = i64::from(seq[p]) + 1;
-            weight[offset + k] = 1.0;
-            targets.push(seq[p]);
+            if p >= start {
+                target[offset + k] = i64::from(seq[p]) + 1;
+                weight[offset + k] = 1.0;
+                targets.push(seq[p]);
+            }
         }
     }
     let predictions = targets.len();
@@ -210,22 +248,26 @@ mod tests {
                 Window {
                     shopper: 0,
                     start: 7,
-                    end: 12
+                    end: 12,
+                    context: 0
                 },
                 Window {
                     shopper: 0,
                     start: 2,
-                    end: 7
+                    end: 7,
+                    context: 0
                 },
                 Window {
                     shopper: 0,
                     start: 1,
-                    end: 2
+                    end: 2,
+                    context: 0
                 },
                 Window {
                     shopper: 2,
                     start: 1,
-                    end: 2
+                    end: 2,
+                    context: 0
                 },
             ]
         );
@@ -251,6 +293,77 @@ mod tests {
         let collide: Vec<bool> = b.collides.to_data().try_to_vec::<bool>().unwrap();
         // Row 0, position 2 has target model id 5 = catalog column 4.
         assert!(collide[2 * 10 + 4] && collide.iter().filter(|c| **c).count() == 6);
+    }
+
+    #[test]
+    fn context_windows_score_every_target_once_after_a_full_window_of_history() {
+        let seqs = vec![(0..12).collect::<Vec<u32>>(), vec![5], vec![1, 2], (0..5).collect()];
+        let w = context_windows(&seqs, 5, 2);
+        let at = |start, end, context| Window {
+            shopper: 0,
+            start,
+            end,
+            context,
+        };
+        // Shopper 0: targets 10..12 after items 6..9 (context 3 + the window's own inputs), …,
+        // and the oldest five targets in one window of their own.
+        assert_eq!(&w[..4], &[at(10, 12, 3), at(8, 10, 3), at(6, 8, 3), at(1, 6, 0)]);
+        assert_eq!(
+            &w[4..],
+            &[
+                Window {
+                    shopper: 2,
+                    start: 1,
+                    end: 2,
+                    context: 0
+                },
+                Window {
+                    shopper: 3,
+                    start: 1,
+                    end: 5,
+                    context: 0
+                }
+            ]
+        );
+        let mut scored: Vec<(u32, u32)> = w.iter().flat_map(|w| (w.start..w.end).map(move |p| (w.shopper, p))).collect();
+        scored.sort_unstable();
+        let mut want: Vec<(u32, u32)> = (1..12)
+            .map(|p| (0, p))
+            .chain([(2, 1)])
+            .chain((1..5).map(|p| (3, p)))
+            .collect();
+        want.sort_unstable();
+        assert_eq!(scored, want, "every target exactly once");
+        assert!(w.iter().all(|w| w.context + w.end - w.start <= 5));
+        // A stride of max_len is the plain cut.
+        assert_eq!(context_windows(&seqs, 5, 5), windows(&seqs, 5));
+    }
+
+    #[test]
+    fn context_positions_are_read_but_not_scored() {
+        let device = Device::flex();
+        let seqs = vec![vec![1u32, 2, 3, 4, 5, 6, 7]];
+        let w = context_windows(&seqs, 4, 2);
+        assert_eq!(
+            w[0],
+            Window {
+                shopper: 0,
+                start: 5,
+                end: 7,
+                context: 2
+            }
+        );
+        let mut rng = SplitMix(3);
+        let b = batch(&seqs, &w[..1], 10, CandidateConfig::default(), 4, &mut rng, &device);
+        let h: Vec<i64> = b.history.to_data().try_to_vec_as::<i64>().unwrap();
+        let t: Vec<i64> = b.target.to_data().try_to_vec_as::<i64>().unwrap();
+        let wt: Vec<f32> = b.weight.to_data().try_to_vec::<f32>().unwrap();
+        // Inputs: data items 3, 4, 5, 6 (model ids + 1); targets 6 and 7 at the last two
+        // positions only.
+        assert_eq!(h, vec![4, 5, 6, 7]);
+        assert_eq!(t, vec![0, 0, 7, 8]);
+        assert_eq!(wt, vec![0.0, 0.0, 1.0, 1.0]);
+        assert_eq!(b.predictions, 2);
     }
 
     #[test]

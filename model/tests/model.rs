@@ -339,10 +339,29 @@ fn training_with_an_unusable_configuration_is_an_error_not_a_panic() {
             },
             "max_len must be at least 1",
         ),
+        (
+            TrainConfig {
+                window_stride: Some(0),
+                ..base.clone()
+            },
+            "window stride 0 must be in 1..=6",
+        ),
+        (
+            TrainConfig {
+                window_stride: Some(7),
+                ..base.clone()
+            },
+            "window stride 7 must be in 1..=6",
+        ),
     ];
     for (config, want) in cases {
         let err = train(m.clone(), &catalog, &walks(), &config, |_, _| true).unwrap_err();
         assert!(err.to_string().contains(want), "{err}");
     }
-    assert!(train(m, &catalog, &walks(), &base, |_, _| true).is_ok());
+    assert!(train(m.clone(), &catalog, &walks(), &base, |_, _| true).is_ok());
+    let strided = TrainConfig {
+        window_stride: Some(2),
+        ..base
+    };
+    assert!(train(m, &catalog, &walks(), &strided, |_, _| true).is_ok());
 }
