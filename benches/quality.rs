@@ -7,6 +7,8 @@
 //!   cargo bench --bench quality                          # ../shared/data/ml-100k, seeds 1,2,3
 //!   cargo bench --bench quality -- --data PATH --seeds 1 --only fused,seq
 //!   cargo bench --bench quality -- --in-batch 0 --uniform 1682   # the exact softmax
+//!   cargo bench --bench quality -- --epochs 30 --patience 30 --window-stride 25
+//!       # the cosine decayed over 30 epochs (best validated epoch kept), context windows
 //!
 //! Skips (and says so) when the MovieLens folder is absent.
 
@@ -31,6 +33,10 @@ struct Args {
     only: Vec<String>,
     write: bool,
     candidates: CandidateConfig,
+    /// Epochs the cosine decays over (training stops there at the latest).
+    epochs: usize,
+    patience: usize,
+    window_stride: Option<usize>,
 }
 
 fn args() -> Args {
@@ -60,6 +66,9 @@ fn args() -> Args {
                 v.parse().expect("--uniform takes an integer")
             }),
         },
+        epochs: value("--epochs").map_or(200, |v| v.parse().expect("--epochs takes an integer")),
+        patience: value("--patience").map_or(10, |v| v.parse().expect("--patience takes an integer")),
+        window_stride: value("--window-stride").map(|v| v.parse().expect("--window-stride takes an integer")),
     }
 }
 
@@ -143,11 +152,12 @@ fn main() {
 
     let shape = ModelShape::default();
     let train = TrainConfig {
-        epochs: 200,
+        epochs: args.epochs,
         batch_size: 32,
         learning_rate: 1e-3,
         warmup_steps: 100,
         max_len: shape.max_len,
+        window_stride: args.window_stride,
         candidates: args.candidates,
         ..TrainConfig::default()
     };
@@ -165,7 +175,7 @@ fn main() {
             device: device.clone(),
             shape,
             train: train.clone(),
-            patience: 10,
+            patience: args.patience,
             only,
             grouping: Grouping::Pooled,
         };
@@ -207,14 +217,27 @@ fn main() {
             c.in_batch, c.uniform
         )
     };
+    let stopping = if args.patience >= args.epochs {
+        format!("the best validated epoch (HR@10) of {}", args.epochs)
+    } else {
+        format!("early stopping on validation HR@10 (patience {})", args.patience)
+    };
+    let windows = args.window_stride.map_or(String::new(), |s| {
+        let s = s.min(shape.max_len);
+        format!(
+            " (context windows: the last {s} of {} positions scored, the rest read as earlier history)",
+            shape.max_len
+        )
+    });
     let mut table = format!(
-        "## Quality on MovieLens-100K\n\n`cargo bench --bench quality` on {} ({} s). Protocol: per shopper, events sorted by (time, item id), last = test, second-last = validation; HR@10 and NDCG@10 by full ranking over the catalog minus the shopper's history (which decides) and against 99 sampled negatives (fixed seed); also on the {} of {} test shoppers whose last two events have distinct timestamps. Neural rows: mean ± sample std over seeds {seeds}, dim {}, max_len {}, early stopping on validation HR@10 (patience 10), batch 32 windows, AdamW lr 1e-3 with warm-up and cosine decay, {loss}. CPU (flex).\n\n| model | HR@10 full | NDCG@10 full | HR@10 sampled | NDCG@10 sampled | HR@10 full, distinct ts | NDCG@10 full, distinct ts | note |\n|---|---|---|---|---|---|---|---|\n",
+        "## Quality on MovieLens-100K\n\n`cargo bench --bench quality` on {} ({} s). Protocol: per shopper, events sorted by (time, item id), last = test, second-last = validation; HR@10 and NDCG@10 by full ranking over the catalog minus the shopper's history (which decides) and against 99 sampled negatives (fixed seed); also on the {} of {} test shoppers whose last two events have distinct timestamps. Neural rows: mean ± sample std over seeds {seeds}, dim {}, max_len {}, {stopping}, batch 32 windows{windows}, AdamW lr 1e-3 with warm-up and cosine decay over {} epochs, {loss}. CPU (flex).\n\n| model | HR@10 full | NDCG@10 full | HR@10 sampled | NDCG@10 sampled | HR@10 full, distinct ts | NDCG@10 full, distinct ts | note |\n|---|---|---|---|---|---|---|---|\n",
         cpu_name(),
         started.elapsed().as_secs(),
         pop.full.distinct_timestamps.cases,
         pop.full.overall.cases,
         shape.dim,
         shape.max_len,
+        args.epochs,
     );
     for (name, m, s, note) in &rows {
         let cell = |k: usize| match s {
