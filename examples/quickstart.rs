@@ -165,6 +165,11 @@ struct Cli {
     /// has items turns the sampled softmax into the exact one over every item.
     #[arg(long, default_value_t = CandidateConfig::default().uniform)]
     uniform: usize,
+    /// Every store scores only the last N positions of each training window, reading the
+    /// items before them as context (see train_centralized --window-stride). Unset: disjoint
+    /// windows.
+    #[arg(long, value_name = "N")]
+    window_stride: Option<usize>,
     /// Put every shopper into one store: the federation's own machinery (the store's recipe,
     /// rounds, serving) with nothing to average, so a recipe's gap to centralized training can
     /// be told apart from what averaging across stores costs. A diagnostic, not a federation.
@@ -584,11 +589,12 @@ fn main() -> anyhow::Result<()> {
                 sequences: own,
                 validation: Some((split.clone(), cases_of(store.index, Holdout::Validation))),
             };
-            let mut trainer =
-                FusedTrainer::new(shape, data, base.clone(), cli.seed + i as u64).with_candidates(CandidateConfig {
+            let mut trainer = FusedTrainer::new(shape, data, base.clone(), cli.seed + i as u64)
+                .with_candidates(CandidateConfig {
                     in_batch: cli.in_batch,
                     uniform: cli.uniform,
-                });
+                })
+                .with_window_stride(cli.window_stride);
             if cli.forget_optimizer {
                 trainer = trainer.forget_optimizer_state();
             }
@@ -899,7 +905,7 @@ fn main() -> anyhow::Result<()> {
         let report = json!({
             "data": cli.data.to_string(),
             "config": {"rounds": cli.rounds, "local_epochs": cli.local_epochs, "local_steps": cli.local_steps, "lr": cli.lr, "lr_schedule": cli.lr_schedule, "min_lr_fraction": cli.min_lr_fraction, "lr_hold_fraction": cli.lr_hold_fraction, "batch_size": cli.batch_size,
-                "server_optimizer": cli.server_optimizer, "server_lr": cli.server_lr, "server_momentum": cli.server_momentum, "server_nesterov": cli.server_nesterov, "proximal_mu": cli.proximal_mu, "drift_correction": cli.drift_correction, "in_batch": cli.in_batch, "uniform": cli.uniform, "encoding": cli.encoding,
+                "server_optimizer": cli.server_optimizer, "server_lr": cli.server_lr, "server_momentum": cli.server_momentum, "server_nesterov": cli.server_nesterov, "proximal_mu": cli.proximal_mu, "drift_correction": cli.drift_correction, "in_batch": cli.in_batch, "uniform": cli.uniform, "window_stride": cli.window_stride, "encoding": cli.encoding,
                 "dim": cli.dim, "max_len": cli.max_len, "head": cli.head, "dropout": cli.dropout, "seed": cli.seed,
                 "target_epsilon": cli.target_epsilon, "store_level_epsilon": cli.store_level_epsilon, "delta": cli.delta, "platform_share": cli.platform_share, "pool_stores": cli.pool_stores, "pool_moments": cli.pool_moments, "forget_optimizer": cli.forget_optimizer, "serve": format!("{:?}", cli.serve)},
             "rounds": rounds,

@@ -78,6 +78,9 @@ pub struct TrainingSection {
     pub device: String,
     pub in_batch: usize,
     pub uniform: usize,
+    /// Score only the last this many positions of each training window, the rest read as
+    /// context (`fedfuse_model::window::context_windows`); 0 cuts disjoint windows.
+    pub window_stride: usize,
     /// Keep AdamW's moments from round to round.
     pub keep_optimizer_state: bool,
     /// Correct this store's drift from the federation (`fedfuse_model::drift`).
@@ -91,6 +94,7 @@ impl Default for TrainingSection {
             device: "auto".into(),
             in_batch: 256,
             uniform: 256,
+            window_stride: 0,
             keep_optimizer_state: true,
             drift_correction: false,
             seed: 0,
@@ -169,6 +173,15 @@ impl AgentConfig {
             path: path.to_owned(),
             detail,
         })?;
+        if c.training.window_stride > c.model.max_len {
+            return Err(ConfigError::Parse {
+                path: path.to_owned(),
+                detail: format!(
+                    "[training] window_stride {} is more than [model] max_len {}",
+                    c.training.window_stride, c.model.max_len
+                ),
+            });
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut c.agent.bundle, &mut c.privacy.ledger] {
             if p.is_relative() {
@@ -241,6 +254,11 @@ device = "{device}"
 # ahead of the sampled one in two of three seeds, at about twice the time a step (BENCHMARKS.md).
 in_batch = {in_batch}
 uniform = {uniform}
+# Above 0: every training window reads [model] max_len items and scores only its last
+# window_stride of them, so each prediction trains from at least max_len - window_stride items
+# of history, as it is served (costs max_len / window_stride times the passes). 0 scores every
+# position of disjoint windows, the first ones from a single item.
+window_stride = {window_stride}
 # Keep AdamW's moments from round to round (they are the store's own, never sent).
 keep_optimizer_state = {keep}
 # Correct this store's drift from the federation in non-private rounds: after every local step,
@@ -280,6 +298,7 @@ ledger = "{ledger}"
             device = t.device,
             in_batch = t.in_batch,
             uniform = t.uniform,
+            window_stride = t.window_stride,
             keep = t.keep_optimizer_state,
             drift = t.drift_correction,
             seed = t.seed,
@@ -324,5 +343,19 @@ mod tests {
         }
         std::fs::write(&path, "[model]\ndim = 64\nheads = 4\n").unwrap();
         assert!(AgentConfig::load(&path).is_ok());
+    }
+
+    #[test]
+    fn a_window_stride_beyond_the_window_is_refused_with_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.toml");
+        std::fs::write(&path, "[model]\nmax_len = 20\n[training]\nwindow_stride = 21\n").unwrap();
+        let err = AgentConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("window_stride 21 is more than [model] max_len 20") && err.contains("store.toml"),
+            "{err}"
+        );
+        std::fs::write(&path, "[model]\nmax_len = 20\n[training]\nwindow_stride = 20\n").unwrap();
+        assert_eq!(AgentConfig::load(&path).unwrap().training.window_stride, 20);
     }
 }

@@ -134,10 +134,12 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         sequences,
         validation: Some((split.clone(), validation)),
     };
-    let mut trainer = FusedTrainer::new(config.model, data, device, config.training.seed).with_candidates(CandidateConfig {
-        in_batch: config.training.in_batch,
-        uniform: config.training.uniform,
-    });
+    let mut trainer = FusedTrainer::new(config.model, data, device, config.training.seed)
+        .with_candidates(CandidateConfig {
+            in_batch: config.training.in_batch,
+            uniform: config.training.uniform,
+        })
+        .with_window_stride(Some(config.training.window_stride));
     if !config.training.keep_optimizer_state {
         trainer = trainer.forget_optimizer_state();
     }

@@ -142,6 +142,7 @@ pub struct FusedTrainer {
     kept: Option<(FusedRecommender, ModuleOptimizer)>,
     keep_optimizer: bool,
     candidates: CandidateConfig,
+    window_stride: Option<usize>,
     seed: u64,
     dp: Option<UserLevelDp>,
     /// Parameters in the model (the dimension the noise-grid rounding is charged for).
@@ -171,6 +172,7 @@ impl FusedTrainer {
             kept: None,
             keep_optimizer: true,
             candidates: CandidateConfig::default(),
+            window_stride: None,
             seed,
             dp: None,
             drift_correction: false,
@@ -209,6 +211,13 @@ impl FusedTrainer {
 
     pub fn with_candidates(mut self, candidates: CandidateConfig) -> Self {
         self.candidates = candidates;
+        self
+    }
+
+    /// Train on context windows scoring their last `stride` positions (`None` or 0: disjoint
+    /// windows); non-private rounds only (DP-SGD cuts its own windows).
+    pub fn with_window_stride(mut self, stride: Option<usize>) -> Self {
+        self.window_stride = stride.filter(|s| *s > 0);
         self
     }
 
@@ -376,6 +385,7 @@ impl LocalTrainer for FusedTrainer {
                     min_learning_rate: lr,
                     warmup_steps: 0,
                     max_len: self.shape.max_len,
+                    window_stride: self.window_stride,
                     candidates: self.candidates,
                     proximal_mu: f64::from(plan.proximal_mu.unwrap_or(0.0)),
                     seed,
