@@ -324,6 +324,11 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Some(stride) = cli.window_stride
+        && stride > cli.max_len
+    {
+        anyhow::bail!("--window-stride {stride} is more than --max-len {}", cli.max_len);
+    }
     let started = Instant::now();
     let synthetic = SyntheticConfig {
         seed: cli.seed,
