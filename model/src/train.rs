@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::catalog::CatalogTensors;
 use crate::fused::FusedRecommender;
-use crate::window::{CandidateConfig, SplitMix, TrainBatch, Window, batch, context_windows, windows};
+use crate::window::{CandidateConfig, SplitMix, TrainBatch, Window, batch, context_windows};
 
 /// The training objective.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -322,10 +322,7 @@ pub fn train_with(
     config.check()?;
     let device = catalog.category.device();
     let n_items = catalog.vocabulary.items - 1;
-    let mut all: Vec<Window> = match config.window_stride {
-        Some(stride) => context_windows(sequences, config.max_len, stride),
-        None => windows(sequences, config.max_len),
-    };
+    let mut all: Vec<Window> = context_windows(sequences, config.max_len, config.window_stride.unwrap_or(config.max_len));
     let batch_size = config.batch_size.max(1);
     let steps_per_epoch = all.len().div_ceil(batch_size).max(1);
     let (epochs, total_steps) = match config.max_steps {

@@ -34,24 +34,10 @@ pub struct Window {
     pub context: u32,
 }
 
-/// All windows of `sequences` (targets need at least one earlier item).
+/// All windows of `sequences` (targets need at least one earlier item), disjoint: every
+/// position scored.
 pub fn windows(sequences: &[Vec<u32>], max_len: usize) -> Vec<Window> {
-    let max_len = max_len.max(1);
-    let mut out = Vec::new();
-    for (s, seq) in sequences.iter().enumerate() {
-        let mut end = seq.len();
-        while end > 1 {
-            let start = end.saturating_sub(max_len).max(1);
-            out.push(Window {
-                shopper: s as u32,
-                start: start as u32,
-                end: end as u32,
-                context: 0,
-            });
-            end = start;
-        }
-    }
-    out
+    context_windows(sequences, max_len, max_len)
 }
 
 /// Windows of `max_len` inputs whose last `stride` positions are scored (`1 ≤ stride ≤
