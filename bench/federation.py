@@ -458,7 +458,7 @@ def local_work_section(runs, seeded, central, note):
     out = ["## Federation: local work per round, dropout, the stores' optimiser state, and one pooled store (MovieLens-100K)\n"]
     c = runs[0][1]["config"]
     out.append(
-        "`bench/federation.sh --only fed_e3,fed_e3d04,fed_e4x30,fed_e3nest,fed_e3forget,fed_e3pm,fed_e2,fed_e2b4,fed_e2lr5,fed_pool_e2` (quickstart on loopback, as above), seed "
+        "`bench/federation.sh --only fed_e3,fed_e3d04,fed_e4x30,fed_e3nest,fed_e3forget,fed_e3pm,fed_e2,fed_e2b4,fed_e2lr5,fed_e2ctx25,fed_e3ctx25,fed_pool_e2` (quickstart on loopback, as above), seed "
         f"{c['seed']}: dim 64, max_len 50, head 16, batches of 8 windows unless the row says otherwise, AdamW constant at the row's lr, each store keeping "
         "its moments across rounds unless the row says otherwise, FedAvg weighted by "
         "examples (the server step FedAvg's unless the row says otherwise), the last model served. *Pooled* puts every shopper into one store (`--pool-stores`): the same "
@@ -516,6 +516,81 @@ def local_work_section(runs, seeded, central, note):
                        + ", ".join(f"{d:+.4f}" for d in diffs)
                        + f" (mean {m:+.4f} ± {sd:.4f}): ahead in {ahead} of {len(diffs)} seeds.")
     return "\n".join(out) + "\n"
+
+
+def context_section(runs, disjoint, central, local_hr, note):
+    """The federation whose stores train on context windows, seed by seed: `runs` is
+    [(label, [every seed's report])], `disjoint` the same recipes' reports on disjoint windows
+    by name of the run they pair with ({label: [reports]}), for the seed-by-seed difference."""
+    out = ["## Federation on context windows (MovieLens-100K, 11 ZIP stores)\n"]
+    c = runs[0][1][0]["config"]
+    out.append(
+        "`SEEDS=\"1 2 3\" bench/federation.sh --only " + ",".join(n for n, _, _ in CONTEXT_RUNS) + "` (quickstart on loopback, "
+        f"as above): dim {c['dim']}, max_len {c['max_len']}, head {c['head']}; {c['rounds']} rounds, every store "
+        f"trains the row's local epochs of batches of {c['batch_size']} windows, AdamW lr {c['lr']:g} constant, keeping "
+        "its moments; FedAvg weighted by examples; the last model served. Every store cuts its shoppers' "
+        f"histories into context windows (`--window-stride {c['window_stride']}`, `[training] window_stride`): "
+        f"each window reads {c['max_len']} items and scores only its last {c['window_stride']}, so a prediction "
+        f"trains from at least {c['max_len'] - c['window_stride']} items of history once a shopper has more than "
+        f"{c['max_len']} events, as it is served (disjoint windows train a window's first predictions from one or "
+        "two items). *Rounds 11–20* is the mean test HR@10 of the models after those rounds: the level, which one "
+        "last model samples with a round-to-round spread of about ±0.005. " + note + "\n")
+    out.append("| run | seed | HR@10 full | NDCG@10 full | HR@10 sampled | NDCG@10 sampled | HR@10 full, distinct "
+               "last timestamps | worst store HR@10 | rounds 11–20 | wall s |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|")
+    keys = ["hr10_full", "ndcg10_full", "hr10_sampled", "ndcg10_sampled", "hr10_full_distinct_timestamps"]
+    for label, reports in runs:
+        for r in reports:
+            f = r["final"]
+            w = f.get("worst_store") or {}
+            out.append(f"| {label} | {r['config']['seed']} | " + " | ".join(f"{f[k]:.4f}" for k in keys)
+                       + f" | {w.get('hr10', float('nan')):.4f} ({w.get('store', '?')}) | {second_half(r):.4f} | "
+                       f"{f['seconds']:.0f} |")
+        if len(reports) > 1:
+            ws = [(r["final"].get("worst_store") or {}).get("hr10", float("nan")) for r in reports]
+            out.append(f"| **{label}, mean ± std** | {', '.join(str(r['config']['seed']) for r in reports)} | "
+                       + " | ".join(("**{}**" if k == "hr10_full" else "{}").format(cell([r["final"][k] for r in reports]))
+                                    for k in keys)
+                       + f" | {cell(ws)} | **{cell([second_half(r) for r in reports])}** | "
+                       f"{mean_std([r['final']['seconds'] for r in reports])[0]:.0f} |")
+    for label, reports in runs:
+        if len(reports) < 2:
+            continue
+        last = mean_std([r["final"]["hr10_full"] for r in reports])[0]
+        level = mean_std([second_half(r) for r in reports])[0]
+        parts = []
+        if central:
+            parts.append(f"last model / centralized HR@10 = {last / central[0]:.3f}, rounds 11–20 / centralized = "
+                         f"{level / central[0]:.3f} (centralized {central[0]:.4f}, the quality table's fused row; "
+                         f"0.97 × that = {0.97 * central[0]:.4f})")
+        if local_hr:
+            parts.append(f"last model / local-only = {last / local_hr:.2f} (local-only {local_hr:.4f})")
+        if parts:
+            out.append(f"\n{label}, {len(reports)} seeds: " + "; ".join(parts) + ".")
+        base = {r["config"]["seed"]: r for r in disjoint.get(label, [])}
+        pairs = [(r, base[r["config"]["seed"]]) for r in reports if r["config"]["seed"] in base]
+        if pairs:
+            d_last = [r["final"]["hr10_full"] - b["final"]["hr10_full"] for r, b in pairs]
+            d_level = [second_half(r) - second_half(b) for r, b in pairs]
+            out.append(
+                f"\n{label} minus the same recipe on disjoint windows (same seeds, runs of the local-work table), "
+                f"seed by seed: last model {', '.join(f'{d:+.4f}' for d in d_last)}; rounds 11–20 "
+                f"{', '.join(f'{d:+.4f}' for d in d_level)} (mean {mean_std(d_level)[0]:+.4f}): ahead in "
+                f"{sum(d > 0 for d in d_level)} of {len(d_level)} seeds.")
+    label, reports = max(reversed(runs), key=lambda lr: len(lr[1]))  # the later run on a tie
+    out.append(f"\nHR@10 (full) of the last model per store, {label} (mean over seeds {', '.join(str(r['config']['seed']) for r in reports)}):\n")
+    out.append("| store | shoppers | HR@10 full | NDCG@10 full |")
+    out.append("|---|---|---|---|")
+    r0 = reports[0]
+    for st in sorted(r0["final"]["per_store"]):
+        hr = [r["final"]["per_store"][st]["hr10"] for r in reports if st in r["final"]["per_store"]]
+        nd = [r["final"]["per_store"][st]["ndcg10"] for r in reports if st in r["final"]["per_store"]]
+        out.append(f"| {st} | {r0['final']['per_store'][st]['cases']} | {cell(hr)} | {cell(nd)} |")
+    return "\n".join(out) + "\n"
+
+
+# (run, label, the disjoint-window run it pairs with)
+CONTEXT_RUNS = [("fed_e2ctx25", "2 epochs a round", "fed_e2"), ("fed_e3ctx25", "3 epochs a round", "fed_e3")]
 
 
 def at_round(report, k):
@@ -578,7 +653,10 @@ def main():
                 ("3 epochs a round, AdamW moments averaged over the stores", "fed_e3pm"),
                 ("2 epochs a round (the first recipe)", "fed_e2"),
                 ("2 epochs a round, batches of 4 windows", "fed_e2b4"),
-                ("2 epochs a round, stores' lr 5e-3", "fed_e2lr5"), ("pooled: one store of every shopper, 2 epochs a round", "fed_pool_e2")]
+                ("2 epochs a round, stores' lr 5e-3", "fed_e2lr5"),
+                ("2 epochs a round, context windows (50 read, last 25 scored)", "fed_e2ctx25"),
+                ("3 epochs a round, context windows (50 read, last 25 scored)", "fed_e3ctx25"),
+                ("pooled: one store of every shopper, 2 epochs a round", "fed_pool_e2")]
     work = [(label, r) for label, r in ((label, load(args.reports[0], n)) for label, n in labelled) if r]
     seeded = [(label, rs) for label, rs in ((label, [r for r in (load(d, n) for d in args.reports) if r])
                                            for label, n in labelled) if len(rs) > 1]
@@ -586,6 +664,14 @@ def main():
         table = local_work_section(work, seeded, central, args.note)
         print(table)
         md = replace_section(md, "federation-local-work", table)
+        args.benchmarks.write_text(md)
+    ctx = [(label, [r for r in (load(d, n) for d in args.reports) if r]) for n, label, _ in CONTEXT_RUNS]
+    ctx = [(label, rs) for label, rs in ctx if rs]
+    if ctx:
+        disjoint = {label: [r for r in (load(d, base) for d in args.reports) if r] for _, label, base in CONTEXT_RUNS}
+        table = context_section(ctx, disjoint, central, local_only(md), args.note)
+        print(table)
+        md = replace_section(md, "federation-context-windows", table)
         args.benchmarks.write_text(md)
     if not runs and not local:
         print("no reports of the main federation table under", args.reports)
