@@ -36,6 +36,14 @@ def centralized(benchmarks: str):
     return (float(m.group(1)), float(m.group(2))) if m else None
 
 
+def centralized_distinct(benchmarks: str):
+    """The quality table's fused HR@10 (full) on the test shoppers whose last two events have
+    distinct timestamps, with that slice's size and the number of test shoppers."""
+    m = re.search(r"\| fused \(all branches\) \|(?:[^|]*\|){4} ([0-9.]+)", benchmarks)
+    n = re.search(r"on the ([0-9]+) of ([0-9]+) test shoppers whose last two events have distinct timestamps", benchmarks)
+    return (float(m.group(1)), int(n.group(1)), int(n.group(2))) if m and n else None
+
+
 def local_only(benchmarks: str):
     """Mean test HR@10 (full) of the local-only row already in the federation table."""
     m = re.search(r"\| local-only \(each store alone\) \|[^|]*\|[^|]*\| ([0-9.]+)", benchmarks)
@@ -518,7 +526,16 @@ def local_work_section(runs, seeded, central, note):
     return "\n".join(out) + "\n"
 
 
-def context_section(runs, disjoint, central, local_hr, note):
+def validation_level(report):
+    """Mean HR@10 the stores measured on their validation shoppers for the models offered after
+    the first half of the rounds (what a recipe may be chosen by; the test shoppers never are)."""
+    n = report["config"]["rounds"]
+    xs = [x["federated_validation_hr10"] for x in report["rounds"]
+          if x["round"] > n // 2 and x.get("federated_validation_hr10") is not None]
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def context_section(runs, disjoint, central, distinct, local_hr, note):
     """The federation whose stores train on context windows, seed by seed: `runs` is
     [(label, [every seed's report])], `disjoint` the same recipes' reports on disjoint windows
     by name of the run they pair with ({label: [reports]}), for the seed-by-seed difference."""
@@ -534,10 +551,12 @@ def context_section(runs, disjoint, central, local_hr, note):
         f"trains from at least {c['max_len'] - c['window_stride']} items of history once a shopper has more than "
         f"{c['max_len']} events, as it is served (disjoint windows train a window's first predictions from one or "
         "two items). *Rounds 11–20* is the mean test HR@10 of the models after those rounds: the level, which one "
-        "last model samples with a round-to-round spread of about ±0.005. " + note + "\n")
+        "last model samples with a round-to-round spread of about ±0.005; the stores' validation HR@10 is the same "
+        "mean of what the stores measured on their own validation shoppers for each model offered to them, "
+        "pooled: the number a recipe may be chosen by. " + note + "\n")
     out.append("| run | seed | HR@10 full | NDCG@10 full | HR@10 sampled | NDCG@10 sampled | HR@10 full, distinct "
-               "last timestamps | worst store HR@10 | rounds 11–20 | wall s |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|")
+               "last timestamps | worst store HR@10 | rounds 11–20 | stores' validation HR@10, rounds 11–20 | wall s |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
     keys = ["hr10_full", "ndcg10_full", "hr10_sampled", "ndcg10_sampled", "hr10_full_distinct_timestamps"]
     for label, reports in runs:
         for r in reports:
@@ -545,14 +564,14 @@ def context_section(runs, disjoint, central, local_hr, note):
             w = f.get("worst_store") or {}
             out.append(f"| {label} | {r['config']['seed']} | " + " | ".join(f"{f[k]:.4f}" for k in keys)
                        + f" | {w.get('hr10', float('nan')):.4f} ({w.get('store', '?')}) | {second_half(r):.4f} | "
-                       f"{f['seconds']:.0f} |")
+                       f"{validation_level(r):.4f} | {f['seconds']:.0f} |")
         if len(reports) > 1:
             ws = [(r["final"].get("worst_store") or {}).get("hr10", float("nan")) for r in reports]
             out.append(f"| **{label}, mean ± std** | {', '.join(str(r['config']['seed']) for r in reports)} | "
                        + " | ".join(("**{}**" if k == "hr10_full" else "{}").format(cell([r["final"][k] for r in reports]))
                                     for k in keys)
                        + f" | {cell(ws)} | **{cell([second_half(r) for r in reports])}** | "
-                       f"{mean_std([r['final']['seconds'] for r in reports])[0]:.0f} |")
+                       f"{cell([validation_level(r) for r in reports])} | {mean_std([r['final']['seconds'] for r in reports])[0]:.0f} |")
     for label, reports in runs:
         if len(reports) < 2:
             continue
@@ -567,6 +586,18 @@ def context_section(runs, disjoint, central, local_hr, note):
             parts.append(f"last model / local-only = {last / local_hr:.2f} (local-only {local_hr:.4f})")
         if parts:
             out.append(f"\n{label}, {len(reports)} seeds: " + "; ".join(parts) + ".")
+        if central and distinct:
+            # The rest of the test shoppers have their last two events at the same second, ordered
+            # by item id alone: a model can score there by learning id order instead of taste.
+            d_hr, n_distinct, n_all = distinct
+            n_tied = n_all - n_distinct
+            d_fed = mean_std([r["final"]["hr10_full_distinct_timestamps"] for r in reports])[0]
+            tied = lambda full, dist: (full * n_all - dist * n_distinct) / n_tied
+            out.append(
+                f"On the {n_distinct} test shoppers whose last two events have distinct timestamps: HR@10 {d_fed:.4f} "
+                f"against centralized {d_hr:.4f} ({d_fed / d_hr:.3f}); on the other {n_tied}, whose last two events "
+                f"share a second and are ordered by item id alone: {tied(last, d_fed):.4f} against "
+                f"{tied(central[0], d_hr):.4f} ({tied(last, d_fed) / tied(central[0], d_hr):.3f}).")
         base = {r["config"]["seed"]: r for r in disjoint.get(label, [])}
         pairs = [(r, base[r["config"]["seed"]]) for r in reports if r["config"]["seed"] in base]
         if pairs:
@@ -669,7 +700,7 @@ def main():
     ctx = [(label, rs) for label, rs in ctx if rs]
     if ctx:
         disjoint = {label: [r for r in (load(d, base) for d in args.reports) if r] for _, label, base in CONTEXT_RUNS}
-        table = context_section(ctx, disjoint, central, local_only(md), args.note)
+        table = context_section(ctx, disjoint, central, centralized_distinct(md), local_only(md), args.note)
         print(table)
         md = replace_section(md, "federation-context-windows", table)
         args.benchmarks.write_text(md)
