@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Renders bench/federation.sh's JSON reports into the `federation-ml100k` section of
-BENCHMARKS.md, and the best-validated runs (`fed_b32e4`) into `federation-served`. Standard
-library only; runs that have no report yet are left out, and a section none of whose runs
-has a report is left as it was."""
+"""Renders bench/federation.sh's JSON reports into BENCHMARKS.md: the main table into
+`federation-ml100k`, and each family of runs into its own section (`federation-served`,
+`-tail-average`, `-rounds`, `-server-step`, `-exact-softmax`, `-local-work`,
+`-context-windows`). Standard library only; runs that have no report yet are left out, and a
+section none of whose runs has a report is left as it was."""
 
 import argparse
 import json
@@ -541,6 +542,7 @@ def context_section(runs, disjoint, central, distinct, local_hr, note):
     by name of the run they pair with ({label: [reports]}), for the seed-by-seed difference."""
     out = ["## Federation on context windows (MovieLens-100K, 11 ZIP stores)\n"]
     c = runs[0][1][0]["config"]
+    half = f"rounds {c['rounds'] // 2 + 1}–{c['rounds']}"
     out.append(
         "`SEEDS=\"1 2 3\" bench/federation.sh --only " + ",".join(n for n, _, _ in CONTEXT_RUNS) + "` (quickstart on loopback, "
         f"as above): dim {c['dim']}, max_len {c['max_len']}, head {c['head']}; {c['rounds']} rounds, every store "
@@ -550,12 +552,12 @@ def context_section(runs, disjoint, central, distinct, local_hr, note):
         f"each window reads {c['max_len']} items and scores only its last {c['window_stride']}, so a prediction "
         f"trains from at least {c['max_len'] - c['window_stride']} items of history once a shopper has more than "
         f"{c['max_len']} events, as it is served (disjoint windows train a window's first predictions from one or "
-        "two items). *Rounds 11–20* is the mean test HR@10 of the models after those rounds: the level, which one "
+        f"two items). *{half.capitalize()}* is the mean test HR@10 of the models after those rounds: the level, which one "
         "last model samples with a round-to-round spread of about ±0.005; the stores' validation HR@10 is the same "
         "mean of what the stores measured on their own validation shoppers for each model offered to them, "
         "pooled: the number a recipe may be chosen by. " + note + "\n")
     out.append("| run | seed | HR@10 full | NDCG@10 full | HR@10 sampled | NDCG@10 sampled | HR@10 full, distinct "
-               "last timestamps | worst store HR@10 | rounds 11–20 | stores' validation HR@10, rounds 11–20 | wall s |")
+               f"last timestamps | worst store HR@10 | {half} | stores' validation HR@10, {half} | wall s |")
     out.append("|---|---|---|---|---|---|---|---|---|---|---|")
     keys = ["hr10_full", "ndcg10_full", "hr10_sampled", "ndcg10_sampled", "hr10_full_distinct_timestamps"]
     for label, reports in runs:
@@ -579,7 +581,7 @@ def context_section(runs, disjoint, central, distinct, local_hr, note):
         level = mean_std([second_half(r) for r in reports])[0]
         parts = []
         if central:
-            parts.append(f"last model / centralized HR@10 = {last / central[0]:.3f}, rounds 11–20 / centralized = "
+            parts.append(f"last model / centralized HR@10 = {last / central[0]:.3f}, {half} / centralized = "
                          f"{level / central[0]:.3f} (centralized {central[0]:.4f}, the quality table's fused row; "
                          f"0.97 × that = {0.97 * central[0]:.4f})")
         if local_hr:
@@ -605,7 +607,7 @@ def context_section(runs, disjoint, central, distinct, local_hr, note):
             d_level = [second_half(r) - second_half(b) for r, b in pairs]
             out.append(
                 f"\n{label} minus the same recipe on disjoint windows (same seeds, runs of the local-work table), "
-                f"seed by seed: last model {', '.join(f'{d:+.4f}' for d in d_last)}; rounds 11–20 "
+                f"seed by seed: last model {', '.join(f'{d:+.4f}' for d in d_last)}; {half} "
                 f"{', '.join(f'{d:+.4f}' for d in d_level)} (mean {mean_std(d_level)[0]:+.4f}): ahead in "
                 f"{sum(d > 0 for d in d_level)} of {len(d_level)} seeds.")
     label, reports = max(reversed(runs), key=lambda lr: len(lr[1]))  # the later run on a tie
