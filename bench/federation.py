@@ -451,11 +451,12 @@ def exact_section(exact, plain, earlier, long, central, note, sampled40=None):
     return "\n".join(out) + "\n"
 
 
-def second_half(report):
-    """Mean test HR@10 (full) of the models after the rounds of the run's second half."""
+def second_half(report, key="hr10_full"):
+    """Mean of one per-round number (by default test HR@10, full) over the rounds of the run's
+    second half, skipping rounds that lack it."""
     n = report["config"]["rounds"]
-    xs = [x["hr10_full"] for x in report["rounds"] if x["round"] > n // 2]
-    return sum(xs) / len(xs)
+    xs = [x[key] for x in report["rounds"] if x["round"] > n // 2 and x.get(key) is not None]
+    return sum(xs) / len(xs) if xs else float("nan")
 
 
 def local_work_section(runs, seeded, central, note):
@@ -527,15 +528,6 @@ def local_work_section(runs, seeded, central, note):
     return "\n".join(out) + "\n"
 
 
-def validation_level(report):
-    """Mean HR@10 the stores measured on their validation shoppers for the models offered after
-    the first half of the rounds (what a recipe may be chosen by; the test shoppers never are)."""
-    n = report["config"]["rounds"]
-    xs = [x["federated_validation_hr10"] for x in report["rounds"]
-          if x["round"] > n // 2 and x.get("federated_validation_hr10") is not None]
-    return sum(xs) / len(xs) if xs else float("nan")
-
-
 def context_section(runs, disjoint, central, distinct, local_hr, note):
     """The federation whose stores train on context windows, seed by seed: `runs` is
     [(label, [every seed's report])], `disjoint` the same recipes' reports on disjoint windows
@@ -566,14 +558,14 @@ def context_section(runs, disjoint, central, distinct, local_hr, note):
             w = f.get("worst_store") or {}
             out.append(f"| {label} | {r['config']['seed']} | " + " | ".join(f"{f[k]:.4f}" for k in keys)
                        + f" | {w.get('hr10', float('nan')):.4f} ({w.get('store', '?')}) | {second_half(r):.4f} | "
-                       f"{validation_level(r):.4f} | {f['seconds']:.0f} |")
+                       f"{second_half(r, 'federated_validation_hr10'):.4f} | {f['seconds']:.0f} |")
         if len(reports) > 1:
             ws = [(r["final"].get("worst_store") or {}).get("hr10", float("nan")) for r in reports]
             out.append(f"| **{label}, mean ± std** | {', '.join(str(r['config']['seed']) for r in reports)} | "
                        + " | ".join(("**{}**" if k == "hr10_full" else "{}").format(cell([r["final"][k] for r in reports]))
                                     for k in keys)
                        + f" | {cell(ws)} | **{cell([second_half(r) for r in reports])}** | "
-                       f"{cell([validation_level(r) for r in reports])} | {mean_std([r['final']['seconds'] for r in reports])[0]:.0f} |")
+                       f"{cell([second_half(r, 'federated_validation_hr10') for r in reports])} | {mean_std([r['final']['seconds'] for r in reports])[0]:.0f} |")
     for label, reports in runs:
         if len(reports) < 2:
             continue
