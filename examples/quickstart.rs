@@ -33,7 +33,7 @@ use fedfuse_model::fit::{ModelShape, TITLE_LEN};
 use fedfuse_model::params::{import, unflatten};
 use fedfuse_model::sequence::EncoderKind;
 use fedfuse_model::train::TrainConfig;
-use fedfuse_model::window::CandidateConfig;
+use fedfuse_model::window::{CandidateConfig, SameTimeRuns};
 use fedfuse_privacy::Budget;
 use fedfuse_privacy::noise::{DEFAULT_GRID_EXPONENT, grid_inflation};
 use fedfuse_privacy::plan::{Accountant, noise_multiplier_for};
@@ -170,6 +170,11 @@ struct Cli {
     /// windows.
     #[arg(long, value_name = "N")]
     window_stride: Option<usize>,
+    /// Every store permutes each run of same-second training events afresh every epoch, so
+    /// that the split's item-id tie-break is not learnt as an order (see train_centralized
+    /// --shuffle-same-time).
+    #[arg(long)]
+    shuffle_same_time: bool,
     /// Put every shopper into one store: the federation's own machinery (the store's recipe,
     /// rounds, serving) with nothing to average, so a recipe's gap to centralized training can
     /// be told apart from what averaging across stores costs. A diagnostic, not a federation.
@@ -374,6 +379,7 @@ fn main() -> anyhow::Result<()> {
     let initial: Vec<f32> = start.iter().flat_map(|p| p.values.iter().copied()).collect();
     let dims = initial.len();
     let sequences = split.train_sequences();
+    let same_time = cli.shuffle_same_time.then(|| Arc::new(SameTimeRuns::from_split(&split)));
     let cases_of = |store: u16, holdout: Holdout| -> Vec<usize> {
         let cases = match holdout {
             Holdout::Validation => &split.validation,
@@ -599,7 +605,8 @@ fn main() -> anyhow::Result<()> {
                     in_batch: cli.in_batch,
                     uniform: cli.uniform,
                 })
-                .with_window_stride(cli.window_stride);
+                .with_window_stride(cli.window_stride)
+                .with_same_time_shuffle(same_time.clone());
             if cli.forget_optimizer {
                 trainer = trainer.forget_optimizer_state();
             }
@@ -910,7 +917,7 @@ fn main() -> anyhow::Result<()> {
         let report = json!({
             "data": cli.data.to_string(),
             "config": {"rounds": cli.rounds, "local_epochs": cli.local_epochs, "local_steps": cli.local_steps, "lr": cli.lr, "lr_schedule": cli.lr_schedule, "min_lr_fraction": cli.min_lr_fraction, "lr_hold_fraction": cli.lr_hold_fraction, "batch_size": cli.batch_size,
-                "server_optimizer": cli.server_optimizer, "server_lr": cli.server_lr, "server_momentum": cli.server_momentum, "server_nesterov": cli.server_nesterov, "proximal_mu": cli.proximal_mu, "drift_correction": cli.drift_correction, "in_batch": cli.in_batch, "uniform": cli.uniform, "window_stride": cli.window_stride, "encoding": cli.encoding,
+                "server_optimizer": cli.server_optimizer, "server_lr": cli.server_lr, "server_momentum": cli.server_momentum, "server_nesterov": cli.server_nesterov, "proximal_mu": cli.proximal_mu, "drift_correction": cli.drift_correction, "in_batch": cli.in_batch, "uniform": cli.uniform, "window_stride": cli.window_stride, "shuffle_same_time": cli.shuffle_same_time, "encoding": cli.encoding,
                 "dim": cli.dim, "max_len": cli.max_len, "head": cli.head, "dropout": cli.dropout, "seed": cli.seed,
                 "target_epsilon": cli.target_epsilon, "store_level_epsilon": cli.store_level_epsilon, "delta": cli.delta, "platform_share": cli.platform_share, "pool_stores": cli.pool_stores, "pool_moments": cli.pool_moments, "forget_optimizer": cli.forget_optimizer, "serve": format!("{:?}", cli.serve)},
             "rounds": rounds,

@@ -81,6 +81,9 @@ pub struct TrainingSection {
     /// Score only the last this many positions of each training window, the rest read as
     /// context (`fedfuse_model::window::context_windows`); 0 cuts disjoint windows.
     pub window_stride: usize,
+    /// Permute each run of same-timestamp training events afresh every epoch, so that the
+    /// split's item-id tie-break is not learnt as an order (`fedfuse_model::window::SameTimeRuns`).
+    pub shuffle_same_time: bool,
     /// Keep AdamW's moments from round to round.
     pub keep_optimizer_state: bool,
     /// Correct this store's drift from the federation (`fedfuse_model::drift`).
@@ -95,6 +98,7 @@ impl Default for TrainingSection {
             in_batch: 256,
             uniform: 256,
             window_stride: 0,
+            shuffle_same_time: false,
             keep_optimizer_state: true,
             drift_correction: false,
             seed: 0,
@@ -259,6 +263,10 @@ uniform = {uniform}
 # of history, as it is served (costs max_len / window_stride times the passes). 0 scores every
 # position of disjoint windows, the first ones from a single item.
 window_stride = {window_stride}
+# Events at the same second are ordered by item id in the split; true permutes each such run
+# afresh every epoch, so the model learns the shopper's taste rather than that order (the order
+# inside a second says nothing about the shopper). Non-private rounds only.
+shuffle_same_time = {shuffle_same_time}
 # Keep AdamW's moments from round to round (they are the store's own, never sent).
 keep_optimizer_state = {keep}
 # Correct this store's drift from the federation in non-private rounds: after every local step,
@@ -299,6 +307,7 @@ ledger = "{ledger}"
             in_batch = t.in_batch,
             uniform = t.uniform,
             window_stride = t.window_stride,
+            shuffle_same_time = t.shuffle_same_time,
             keep = t.keep_optimizer_state,
             drift = t.drift_correction,
             seed = t.seed,
@@ -321,6 +330,12 @@ mod tests {
         let c = AgentConfig::default();
         let text = c.to_commented_toml();
         let back: AgentConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, c);
+        // Settings away from their defaults are written out too.
+        let mut c = AgentConfig::default();
+        c.training.shuffle_same_time = true;
+        c.training.window_stride = 25;
+        let back: AgentConfig = toml::from_str(&c.to_commented_toml()).unwrap();
         assert_eq!(back, c);
         assert!(
             toml::from_str::<AgentConfig>("[agent]\nbundel = \"x\"\n").is_err(),

@@ -15,7 +15,7 @@ use fedfuse_data::split::{Split, SplitConfig};
 use fedfuse_data::synthetic::SyntheticConfig;
 use fedfuse_model::catalog::ItemFeatures;
 use fedfuse_model::device::{self, DeviceChoice};
-use fedfuse_model::window::CandidateConfig;
+use fedfuse_model::window::{CandidateConfig, SameTimeRuns};
 use fedfuse_privacy::Budget;
 use fedfuse_protocol::msgs::Capabilities;
 use fedfuse_protocol::tensor::UpdateEncoding;
@@ -139,7 +139,13 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
             in_batch: config.training.in_batch,
             uniform: config.training.uniform,
         })
-        .with_window_stride(Some(config.training.window_stride));
+        .with_window_stride(Some(config.training.window_stride))
+        .with_same_time_shuffle(
+            config
+                .training
+                .shuffle_same_time
+                .then(|| Arc::new(SameTimeRuns::from_split(&split))),
+        );
     if !config.training.keep_optimizer_state {
         trainer = trainer.forget_optimizer_state();
     }

@@ -25,7 +25,7 @@ use fedfuse_model::fused::{FusedConfig, FusedRecommender};
 use fedfuse_model::moments::{NamedMoments, export_moments, import_moments};
 use fedfuse_model::params::{export, import, unflatten};
 use fedfuse_model::train::{TrainConfig, train_with};
-use fedfuse_model::window::CandidateConfig;
+use fedfuse_model::window::{CandidateConfig, SameTimeRuns};
 use fedfuse_privacy::noise::GridGaussian;
 use fedfuse_protocol::msgs::{LocalWork, MAX_LOCAL_STEPS, Metric, TrainingPlan, validation_metric};
 
@@ -143,6 +143,8 @@ pub struct FusedTrainer {
     keep_optimizer: bool,
     candidates: CandidateConfig,
     window_stride: Option<usize>,
+    /// Permute same-timestamp training events every epoch (`window::SameTimeRuns`).
+    same_time: Option<Arc<SameTimeRuns>>,
     seed: u64,
     dp: Option<UserLevelDp>,
     /// Parameters in the model (the dimension the noise-grid rounding is charged for).
@@ -173,6 +175,7 @@ impl FusedTrainer {
             keep_optimizer: true,
             candidates: CandidateConfig::default(),
             window_stride: None,
+            same_time: None,
             seed,
             dp: None,
             drift_correction: false,
@@ -218,6 +221,14 @@ impl FusedTrainer {
     /// windows); non-private rounds only (DP-SGD cuts its own windows).
     pub fn with_window_stride(mut self, stride: Option<usize>) -> Self {
         self.window_stride = stride.filter(|s| *s > 0);
+        self
+    }
+
+    /// Train on the store's sequences with each run of same-timestamp events permuted afresh
+    /// every epoch (the runs must fit `StoreData::sequences`; non-private rounds only, as
+    /// DP-SGD cuts its own windows): the split's id-order tie-break is then not learnt.
+    pub fn with_same_time_shuffle(mut self, runs: Option<Arc<SameTimeRuns>>) -> Self {
+        self.same_time = runs;
         self
     }
 
@@ -386,6 +397,7 @@ impl LocalTrainer for FusedTrainer {
                     warmup_steps: 0,
                     max_len: self.shape.max_len,
                     window_stride: self.window_stride,
+                    shuffle_same_time: self.same_time.clone(),
                     candidates: self.candidates,
                     proximal_mu: f64::from(plan.proximal_mu.unwrap_or(0.0)),
                     seed,

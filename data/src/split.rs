@@ -187,6 +187,13 @@ impl Split {
             .collect()
     }
 
+    /// Every shopper's training timestamps, parallel to [`Split::train_sequences`].
+    pub fn train_timestamps(&self) -> Vec<Vec<i64>> {
+        (0..self.train_ranges.len() as u32)
+            .map(|shopper| self.train_history(shopper).iter().map(|e| e.timestamp).collect())
+            .collect()
+    }
+
     /// The input sequence when predicting `test[case]`: training items then the validation
     /// target, everything the shopper did before the test event.
     pub fn test_input_sequence(&self, case: usize) -> Vec<u32> {

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::catalog::CatalogTensors;
 use crate::fused::FusedRecommender;
-use crate::window::{CandidateConfig, SplitMix, TrainBatch, Window, batch, context_windows};
+use crate::window::{CandidateConfig, SameTimeRuns, SplitMix, TrainBatch, Window, batch, context_windows};
 
 /// The training objective.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +66,10 @@ pub struct TrainConfig {
     /// Added to the parameters after every optimiser step, times that step's learning rate:
     /// a federated store's drift correction (`drift::StepShift`); none in plain training.
     pub step_shift: Option<std::sync::Arc<crate::drift::StepShift>>,
+    /// Permute each run of same-timestamp training events afresh every epoch
+    /// ([`SameTimeRuns`]), so that the split's item-id tie-break is not learnt as an order;
+    /// `None` trains on the split's order.
+    pub shuffle_same_time: Option<std::sync::Arc<SameTimeRuns>>,
 }
 
 impl Default for TrainConfig {
@@ -88,6 +92,7 @@ impl Default for TrainConfig {
             proximal_mu: 0.0,
             trainable: Vec::new(),
             step_shift: None,
+            shuffle_same_time: None,
         }
     }
 }
@@ -320,6 +325,9 @@ pub fn train_with(
     mut after_epoch: impl FnMut(&EpochReport, &FusedRecommender) -> bool,
 ) -> Result<(FusedRecommender, Vec<EpochReport>), InvalidTrainConfig> {
     config.check()?;
+    if let Some(runs) = &config.shuffle_same_time {
+        runs.check(sequences).map_err(|e| InvalidTrainConfig(e.to_string()))?;
+    }
     let device = catalog.category.device();
     let n_items = catalog.vocabulary.items - 1;
     let mut all: Vec<Window> = context_windows(sequences, config.max_len, config.window_stride.unwrap_or(config.max_len));
@@ -335,6 +343,8 @@ pub fn train_with(
         .init()
         .map_err(InvalidTrainConfig)?;
     let mut rng = SplitMix(config.seed);
+    // Its own stream, so that turning the shuffle on leaves the window order as it was.
+    let mut tie_rng = SplitMix(config.seed ^ 0x7135_5A3E_0F0D_E125);
     // Dropout masks follow from the seed too, whatever else trains in this process.
     crate::dropout::seed_dropout_on_this_thread(config.seed ^ 0xD50F_0A7E_5EED_0001);
     let trainable = trainable_ids(&model, &config.trainable);
@@ -354,6 +364,11 @@ pub fn train_with(
     };
     for epoch in 0..epochs {
         rng.shuffle(&mut all);
+        let reordered = config
+            .shuffle_same_time
+            .as_ref()
+            .map(|runs| runs.shuffled(sequences, &mut tie_rng));
+        let sequences = reordered.as_deref().unwrap_or(sequences);
         bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
         let start = std::time::Instant::now();
         let (mut total, mut examples, mut epoch_steps) = (0.0, 0usize, 0usize);

@@ -66,6 +66,105 @@ pub fn context_windows(sequences: &[Vec<u32>], max_len: usize, stride: usize) ->
     out
 }
 
+/// Runs of consecutive training events that share a timestamp, per shopper.
+///
+/// A split orders a shopper's same-second events by item id, so within such a run "next"
+/// means "larger id": on MovieLens-100K half of all consecutive training pairs are tied, and a
+/// sequence model trained on them in that order learns id order instead of taste. Training
+/// on [`SameTimeRuns::shuffled`] sequences (each run permuted afresh every epoch) takes that
+/// signal away: the order inside a second carries nothing about the shopper, so no order is
+/// taught. Evaluation keeps the split's order; only training targets move.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SameTimeRuns {
+    /// Per shopper: the sequence length the runs were found in, and the runs as position
+    /// ranges (two events or more each).
+    shoppers: Vec<(u32, Vec<(u32, u32)>)>,
+}
+
+/// Sequences that do not fit the runs they are to be shuffled by.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("same-time runs: {0}")]
+pub struct RunsMismatch(pub String);
+
+impl SameTimeRuns {
+    /// From each shopper's training timestamps, oldest first.
+    pub fn from_timestamps<T: AsRef<[i64]>>(timestamps: &[T]) -> Self {
+        let shoppers = timestamps
+            .iter()
+            .map(|ts| {
+                let ts = ts.as_ref();
+                let mut runs = Vec::new();
+                let mut start = 0;
+                for i in 1..=ts.len() {
+                    if i == ts.len() || ts[i] != ts[start] {
+                        if i - start >= 2 {
+                            runs.push((start as u32, i as u32));
+                        }
+                        start = i;
+                    }
+                }
+                (ts.len() as u32, runs)
+            })
+            .collect();
+        Self { shoppers }
+    }
+
+    /// The training events of every shopper of `split`.
+    pub fn from_split(split: &fedfuse_data::split::Split) -> Self {
+        Self::from_timestamps(&split.train_timestamps())
+    }
+
+    /// Events that sit in a run (could be reordered).
+    pub fn tied_events(&self) -> usize {
+        self.shoppers
+            .iter()
+            .flat_map(|(_, runs)| runs.iter().map(|(a, b)| (b - a) as usize))
+            .sum()
+    }
+
+    /// Whether `sequences` can be shuffled by these runs: one per shopper, each of the length
+    /// the runs were found in or empty (a shopper outside the store or group training).
+    pub fn check(&self, sequences: &[Vec<u32>]) -> Result<(), RunsMismatch> {
+        if sequences.len() != self.shoppers.len() {
+            return Err(RunsMismatch(format!(
+                "{} sequences for {} shoppers",
+                sequences.len(),
+                self.shoppers.len()
+            )));
+        }
+        match sequences
+            .iter()
+            .zip(&self.shoppers)
+            .position(|(seq, (len, _))| !seq.is_empty() && seq.len() != *len as usize)
+        {
+            Some(s) => Err(RunsMismatch(format!(
+                "shopper {s} has {} training events, the runs were found in {}",
+                sequences[s].len(),
+                self.shoppers[s].0
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// `sequences` with every run permuted uniformly at random (empty sequences stay empty).
+    /// Call [`SameTimeRuns::check`] first; a shopper that does not fit is left in order.
+    pub fn shuffled(&self, sequences: &[Vec<u32>], rng: &mut SplitMix) -> Vec<Vec<u32>> {
+        sequences
+            .iter()
+            .zip(&self.shoppers)
+            .map(|(seq, (len, runs))| {
+                let mut seq = seq.clone();
+                if seq.len() == *len as usize {
+                    for (a, b) in runs {
+                        rng.shuffle(&mut seq[*a as usize..*b as usize]);
+                    }
+                }
+                seq
+            })
+            .collect()
+    }
+}
+
 /// The last `max_len` items before `end`, as model ids (data id + 1), left-padded with 0.
 pub fn left_padded(sequence: &[u32], end: usize, max_len: usize) -> Vec<i64> {
     let start = end.saturating_sub(max_len);
@@ -350,6 +449,51 @@ mod tests {
         assert_eq!(t, vec![0, 0, 7, 8]);
         assert_eq!(wt, vec![0.0, 0.0, 1.0, 1.0]);
         assert_eq!(b.predictions, 2);
+    }
+
+    #[test]
+    fn same_time_runs_are_found_and_only_they_are_permuted() {
+        // Shopper 0: seconds 5,5,5 then 6 then 7,7; shopper 1 has no ties; shopper 2 is empty.
+        let runs = SameTimeRuns::from_timestamps(&[vec![5i64, 5, 5, 6, 7, 7], vec![1, 2, 3], vec![]]);
+        assert_eq!(runs.tied_events(), 5);
+        let seqs = vec![vec![10u32, 11, 12, 13, 14, 15], vec![1, 2, 3], vec![]];
+        runs.check(&seqs).unwrap();
+        let mut rng = SplitMix(42);
+        let mut firsts = std::collections::BTreeSet::new();
+        let mut tails = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let out = runs.shuffled(&seqs, &mut rng);
+            // Untied events keep their places; every run keeps its items.
+            assert_eq!(out[0][3], 13);
+            assert_eq!(out[1], vec![1, 2, 3]);
+            assert!(out[2].is_empty());
+            let mut head = out[0][..3].to_vec();
+            head.sort_unstable();
+            assert_eq!(head, vec![10, 11, 12]);
+            let mut tail = out[0][4..].to_vec();
+            tail.sort_unstable();
+            assert_eq!(tail, vec![14, 15]);
+            firsts.insert(out[0][0]);
+            tails.insert((out[0][4], out[0][5]));
+        }
+        // Every item of the 3-run leads it at some draw; the 2-run comes out both ways.
+        assert_eq!(firsts.into_iter().collect::<Vec<_>>(), vec![10, 11, 12]);
+        assert_eq!(tails.len(), 2);
+    }
+
+    #[test]
+    fn same_time_runs_refuse_sequences_they_were_not_found_in() {
+        let runs = SameTimeRuns::from_timestamps(&[vec![1i64, 1, 2], vec![4, 4]]);
+        // A shopper outside the group (empty) is fine.
+        runs.check(&[vec![7, 8, 9], vec![]]).unwrap();
+        let err = runs.check(&[vec![7, 8], vec![1, 2]]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("shopper 0 has 2 training events, the runs were found in 3"),
+            "{err}"
+        );
+        let err = runs.check(&[vec![7, 8, 9]]).unwrap_err();
+        assert!(err.to_string().contains("1 sequences for 2 shoppers"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use fedfuse_model::item_tower::ItemTowerConfig;
 use fedfuse_model::params::{NamedParam, export, import};
 use fedfuse_model::sequence::{EncoderKind, SequenceEncoderConfig};
 use fedfuse_model::train::{Objective, TrainConfig, train};
-use fedfuse_model::window::CandidateConfig;
+use fedfuse_model::window::{CandidateConfig, SameTimeRuns};
 
 mod common;
 use common::{ITEMS, features, walks};
@@ -293,6 +293,79 @@ fn max_steps_takes_exactly_that_many_steps_across_passes() {
 
 /// A learning rate no optimiser can use (it may arrive in a federation's offer) is an error
 /// that names it, not a panic inside the scheduler.
+/// Shoppers who buy the catalog in pairs {0,1}, {2,3}, {4,5}, {6,7}, both items of a pair in
+/// the same second and so, in the split's order, the smaller id first; pairs follow each other
+/// forwards or backwards round the four, from every start.
+fn tied_pairs() -> (Vec<Vec<u32>>, SameTimeRuns) {
+    let mut sequences = Vec::new();
+    let mut timestamps = Vec::new();
+    for start in 0..4u32 {
+        for step in [1, 3] {
+            let pairs = (0..5u32).map(|k| (start + k * step) % 4);
+            sequences.push(pairs.flat_map(|p| [2 * p, 2 * p + 1]).collect::<Vec<u32>>());
+            timestamps.push((0..5i64).flat_map(|k| [k, k]).collect::<Vec<i64>>());
+        }
+    }
+    (sequences, SameTimeRuns::from_timestamps(&timestamps))
+}
+
+/// Mean softmax probability of a pair's other item right after its first one, read after a
+/// whole earlier pair: `(smaller id first, larger id first)`.
+fn partner_probabilities(m: &FusedRecommender) -> (f64, f64) {
+    let device = Device::flex();
+    let catalog = plain_catalog();
+    let prob = |history: Vec<i64>, next: usize| {
+        let s = scores(m, &catalog, history, &device).pop().unwrap();
+        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let z: f64 = s.iter().map(|x| f64::from((x - max).exp())).sum();
+        f64::from((s[next] - max).exp()) / z
+    };
+    let (mut forward, mut backward) = (0.0, 0.0);
+    for p in 0..4i64 {
+        let q = (p + 1) % 4;
+        // Model ids are data ids + 1.
+        let (a, b) = (2 * p + 1, 2 * p + 2);
+        let before = vec![2 * q + 1, 2 * q + 2];
+        forward += prob([before.clone(), vec![a]].concat(), (b - 1) as usize);
+        backward += prob([before, vec![b]].concat(), (a - 1) as usize);
+    }
+    (forward / 4.0, backward / 4.0)
+}
+
+#[test]
+fn shuffling_same_time_events_teaches_the_pairs_and_not_their_id_order() {
+    let (sequences, runs) = tied_pairs();
+    let trained = |shuffle: bool| {
+        let device = Device::flex().autodiff();
+        let (m, catalog) = model(&device, 5);
+        let config = TrainConfig {
+            epochs: 40,
+            batch_size: 4,
+            learning_rate: 1e-2,
+            max_len: 6,
+            shuffle_same_time: shuffle.then(|| std::sync::Arc::new(runs.clone())),
+            ..TrainConfig::default()
+        };
+        let (m, _) = train(m, &catalog, &sequences, &config, |_, _| true).expect("a valid config");
+        partner_probabilities(&m.valid())
+    };
+    let (kept_forward, kept_backward) = trained(false);
+    let (shuffled_forward, shuffled_backward) = trained(true);
+    eprintln!("split order: {kept_forward:.3} / {kept_backward:.3}; shuffled: {shuffled_forward:.3} / {shuffled_backward:.3}");
+    // In the split's order the model learns "the larger id follows": the partner is certain
+    // after the smaller id and all but ruled out after the larger one.
+    assert!(kept_forward > 0.8 && kept_backward < 0.1, "{kept_forward} / {kept_backward}");
+    // Shuffled, it learns that the two items go together, whichever comes first.
+    assert!(
+        shuffled_forward > 0.3 && shuffled_backward > 0.3,
+        "{shuffled_forward} / {shuffled_backward}"
+    );
+    assert!(
+        (shuffled_forward - shuffled_backward).abs() < 0.25,
+        "{shuffled_forward} / {shuffled_backward}"
+    );
+}
+
 #[test]
 fn training_with_an_unusable_configuration_is_an_error_not_a_panic() {
     let device = Device::flex().autodiff();
@@ -354,6 +427,14 @@ fn training_with_an_unusable_configuration_is_an_error_not_a_panic() {
             "window stride 7 must be in 1..=6",
         ),
     ];
+    let runs_of_other_data = SameTimeRuns::from_timestamps(&[vec![1i64, 1]]);
+    let cases = cases.into_iter().chain([(
+        TrainConfig {
+            shuffle_same_time: Some(std::sync::Arc::new(runs_of_other_data)),
+            ..base.clone()
+        },
+        "same-time runs: 8 sequences for 1 shoppers",
+    )]);
     for (config, want) in cases {
         let err = train(m.clone(), &catalog, &walks(), &config, |_, _| true).unwrap_err();
         assert!(err.to_string().contains(want), "{err}");
