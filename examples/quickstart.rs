@@ -936,6 +936,8 @@ fn main() -> anyhow::Result<()> {
                 "hr10_full": e.full.overall.mean.hit_rate, "ndcg10_full": e.full.overall.mean.ndcg,
                 "hr10_sampled": e.sampled.overall.mean.hit_rate, "ndcg10_sampled": e.sampled.overall.mean.ndcg,
                 "hr10_full_distinct_timestamps": e.full.distinct_timestamps.mean.hit_rate,
+                "ndcg10_full_distinct_timestamps": e.full.distinct_timestamps.mean.ndcg,
+                "cases": e.full.overall.cases, "cases_distinct_timestamps": e.full.distinct_timestamps.cases,
                 "per_store": e.full.by_store.iter().map(|(s, m)| (store_name(s), json!({"hr10": m.mean.hit_rate, "ndcg10": m.mean.ndcg, "cases": m.cases}))).collect::<serde_json::Map<_, _>>(),
                 "worst_store": worst.map(|(s, m)| json!({"store": store_name(s), "hr10": m.mean.hit_rate})),
                 "epsilon": epsilon,

@@ -310,6 +310,11 @@ mod tests {
         );
         assert_eq!(split.train_sequence(0), [1, 2]);
         assert_eq!(split.train_sequence(1), [3, 4]);
+        assert_eq!(
+            split.train_timestamps(),
+            [vec![1, 2], vec![1, 2]],
+            "parallel to the sequences"
+        );
         assert_eq!(split.test_input_sequence(0), [1, 2, 5]);
         assert_eq!(split.train.len(), 4);
         assert_eq!(split.train_item_counts()[3], 1);
