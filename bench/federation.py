@@ -627,6 +627,8 @@ def context_section(runs, paired_with, central, distinct, local_hr, note):
 CONTEXT_RUNS = [("fed_e2ctx25", "2 epochs a round", "fed_e2", "the same recipe on disjoint windows"),
                 ("fed_e3ctx25", "3 epochs a round", "fed_e3", "the same recipe on disjoint windows"),
                 ("fed_e2ctx25tie", "2 epochs a round, same-second events shuffled", "fed_e2ctx25",
+                 "the same recipe in the split's order"),
+                ("fed_e3ctx25tie", "3 epochs a round, same-second events shuffled", "fed_e3ctx25",
                  "the same recipe in the split's order")]
 
 
