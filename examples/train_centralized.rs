@@ -188,7 +188,15 @@ fn main() -> anyhow::Result<()> {
         weight_decay: cli.weight_decay,
         max_len: cli.max_len,
         window_stride: cli.window_stride,
-        shuffle_same_time: cli.shuffle_same_time.then(|| Arc::new(SameTimeRuns::from_split(&split))),
+        shuffle_same_time: cli.shuffle_same_time.then(|| {
+            let runs = SameTimeRuns::from_split(&split);
+            eprintln!(
+                "same-second training events shuffled every epoch: {} of {} sit in a run",
+                runs.tied_events(),
+                split.train.len()
+            );
+            Arc::new(runs)
+        }),
         candidates: CandidateConfig {
             in_batch: cli.in_batch,
             uniform: cli.uniform,
