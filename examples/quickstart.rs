@@ -778,6 +778,7 @@ fn main() -> anyhow::Result<()> {
             json!({"round": r.round_id, "stores": r.updates, "train_loss": loss, "max_epsilon": eps,
             "hr10_full": e.full.overall.mean.hit_rate, "ndcg10_full": e.full.overall.mean.ndcg,
             "hr10_sampled": e.sampled.overall.mean.hit_rate, "ndcg10_sampled": e.sampled.overall.mean.ndcg,
+            "hr10_full_distinct_timestamps": e.full.distinct_timestamps.mean.hit_rate,
             "version": r.version, "federated_validation_hr10": val,
             "metrics": r.metrics.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>()}),
         );
