@@ -381,11 +381,7 @@ fn main() -> anyhow::Result<()> {
     let sequences = split.train_sequences();
     let same_time = cli.shuffle_same_time.then(|| Arc::new(SameTimeRuns::from_split(&split)));
     if let Some(runs) = &same_time {
-        eprintln!(
-            "same-second training events shuffled every epoch: {} of {} sit in a run",
-            runs.tied_events(),
-            split.train.len()
-        );
+        eprintln!("shuffled every epoch: {runs}");
     }
     let cases_of = |store: u16, holdout: Holdout| -> Vec<usize> {
         let cases = match holdout {

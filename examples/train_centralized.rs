@@ -190,11 +190,7 @@ fn main() -> anyhow::Result<()> {
         window_stride: cli.window_stride,
         shuffle_same_time: cli.shuffle_same_time.then(|| {
             let runs = SameTimeRuns::from_split(&split);
-            eprintln!(
-                "same-second training events shuffled every epoch: {} of {} sit in a run",
-                runs.tied_events(),
-                split.train.len()
-            );
+            eprintln!("shuffled every epoch: {runs}");
             Arc::new(runs)
         }),
         candidates: CandidateConfig {

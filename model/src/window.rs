@@ -81,6 +81,18 @@ pub struct SameTimeRuns {
     shoppers: Vec<(u32, Vec<(u32, u32)>)>,
 }
 
+/// "T of N training events sit in a same-second run": what a shuffle reorders.
+impl std::fmt::Display for SameTimeRuns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} of {} training events sit in a same-second run",
+            self.tied_events(),
+            self.events()
+        )
+    }
+}
+
 /// Sequences that do not fit the runs they are to be shuffled by.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("same-time runs: {0}")]
@@ -120,6 +132,11 @@ impl SameTimeRuns {
             .iter()
             .flat_map(|(_, runs)| runs.iter().map(|(a, b)| (b - a) as usize))
             .sum()
+    }
+
+    /// Events the runs were found among (every shopper's sequence length).
+    pub fn events(&self) -> usize {
+        self.shoppers.iter().map(|(len, _)| *len as usize).sum()
     }
 
     /// Whether `sequences` can be shuffled by these runs: one per shopper, each of the length
@@ -456,6 +473,7 @@ mod tests {
         // Shopper 0: seconds 5,5,5 then 6 then 7,7; shopper 1 has no ties; shopper 2 is empty.
         let runs = SameTimeRuns::from_timestamps(&[vec![5i64, 5, 5, 6, 7, 7], vec![1, 2, 3], vec![]]);
         assert_eq!(runs.tied_events(), 5);
+        assert_eq!(runs.to_string(), "5 of 9 training events sit in a same-second run");
         let seqs = vec![vec![10u32, 11, 12, 13, 14, 15], vec![1, 2, 3], vec![]];
         runs.check(&seqs).unwrap();
         let mut rng = SplitMix(42);
