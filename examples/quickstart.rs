@@ -170,7 +170,8 @@ struct Cli {
     /// windows.
     #[arg(long, value_name = "N")]
     window_stride: Option<usize>,
-    /// Every store permutes each run of same-second training events afresh every epoch, so
+    /// Every store permutes each run of same-second training events afresh every epoch (with
+    /// --target-epsilon, every time DP-SGD draws the shopper), so
     /// that the split's item-id tie-break is not learnt as an order (see train_centralized
     /// --shuffle-same-time).
     #[arg(long)]

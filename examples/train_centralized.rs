@@ -87,7 +87,8 @@ struct Cli {
     /// max-len / N forward passes per epoch). Unset: disjoint windows, every position scored.
     #[arg(long, value_name = "N")]
     window_stride: Option<usize>,
-    /// Permute each run of same-second training events afresh every epoch. The split orders
+    /// Permute each run of same-second training events afresh every epoch (with
+    /// --target-epsilon, every time DP-SGD draws the shopper). The split orders
     /// such events by item id (half of MovieLens-100K's consecutive pairs share a second), so
     /// a model trained in that order learns id order, which only helps on test targets
     /// decided by the same tie-break; shuffled, it learns the shoppers' taste alone.

@@ -265,7 +265,7 @@ uniform = {uniform}
 window_stride = {window_stride}
 # Events at the same second are ordered by item id in the split; true permutes each such run
 # afresh every epoch, so the model learns the shopper's taste rather than that order (the order
-# inside a second says nothing about the shopper). Non-private rounds only.
+# inside a second says nothing about the shopper). DP-SGD rounds reorder each sampled shopper.
 shuffle_same_time = {shuffle_same_time}
 # Keep AdamW's moments from round to round (they are the store's own, never sent).
 keep_optimizer_state = {keep}

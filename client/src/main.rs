@@ -166,11 +166,6 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     match p.mode {
         PrivacyMode::None => {}
         PrivacyMode::Shopper => {
-            if config.training.shuffle_same_time {
-                tracing::warn!(
-                    "[training] shuffle_same_time applies to non-private rounds only: DP-SGD trains in the split's order"
-                );
-            }
             let guard = StorePrivacy::open(bundle.store.clone(), policy, &p.ledger)?;
             trainer = trainer.with_user_level_dp(UserLevelDp {
                 guard,

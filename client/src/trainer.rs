@@ -225,8 +225,8 @@ impl FusedTrainer {
     }
 
     /// Train on the store's sequences with each run of same-timestamp events permuted afresh
-    /// every epoch (the runs must fit `StoreData::sequences`; non-private rounds only, as
-    /// DP-SGD cuts its own windows): the split's id-order tie-break is then not learnt.
+    /// every epoch, or every time DP-SGD draws a shopper (the runs must fit
+    /// `StoreData::sequences`): the split's id-order tie-break is then not learnt.
     pub fn with_same_time_shuffle(mut self, runs: Option<Arc<SameTimeRuns>>) -> Self {
         self.same_time = runs;
         self
@@ -295,6 +295,7 @@ impl FusedTrainer {
                 max_len: self.shape.max_len,
                 negatives: dp.negatives,
                 grid_exponent: grid,
+                shuffle_same_time: self.same_time.clone(),
                 ..DpSgdConfig::default()
             };
             Ok((config, release))

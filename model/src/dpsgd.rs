@@ -40,7 +40,7 @@ use rand_chacha::ChaCha20Rng;
 use crate::catalog::CatalogTensors;
 use crate::fused::FusedRecommender;
 use crate::train::{Objective, objective_loss};
-use crate::window::{CandidateConfig, SplitMix, TrainBatch, Window, batch, windows};
+use crate::window::{CandidateConfig, SameTimeRuns, SplitMix, TrainBatch, Window, batch, windows};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DpSgdError {
@@ -72,6 +72,12 @@ pub struct DpSgdConfig {
     pub objective: Objective,
     /// Noise grid 2^k.
     pub grid_exponent: i32,
+    /// Permute each sampled shopper's same-timestamp events afresh every time it is drawn
+    /// (as [`crate::train::TrainConfig::shuffle_same_time`] does every epoch), so that private
+    /// rounds do not learn the split's item-id tie-break either. A data-independent reordering
+    /// inside one shopper's own sequence: the per-shopper sensitivity, and so the privacy
+    /// charged, is unchanged.
+    pub shuffle_same_time: Option<Arc<SameTimeRuns>>,
 }
 
 impl Default for DpSgdConfig {
@@ -87,6 +93,7 @@ impl Default for DpSgdConfig {
             negatives: 256,
             objective: Objective::SampledSoftmax,
             grid_exponent: fedfuse_privacy::noise::DEFAULT_GRID_EXPONENT,
+            shuffle_same_time: None,
         }
     }
 }
@@ -608,6 +615,9 @@ pub fn train_dp_sgd_with(
     if !(config.clip_norm > 0.0 && config.clip_norm.is_finite()) {
         return Err(DpSgdError::Invalid(format!("clip norm {}", config.clip_norm)));
     }
+    if let Some(runs) = &config.shuffle_same_time {
+        runs.check(sequences).map_err(|e| DpSgdError::Invalid(e.to_string()))?;
+    }
     let started = std::time::Instant::now();
     let device = catalog.category.device();
     let n_items = catalog.vocabulary.items - 1;
@@ -641,13 +651,27 @@ pub fn train_dp_sgd_with(
                 batch_windows.push(w[sampler.random_range(0..w.len())]);
             }
         }
+        // With the shuffle, the sampled shoppers' sequences reordered, and their windows
+        // pointed at them (a window's positions do not depend on the order).
+        let reordered: Option<Vec<Vec<u32>>> = config.shuffle_same_time.as_ref().map(|runs| {
+            batch_windows
+                .iter_mut()
+                .enumerate()
+                .map(|(local, w)| {
+                    let mut seq = sequences[w.shopper as usize].clone();
+                    runs.shuffle_shopper(w.shopper as usize, &mut seq, &mut draws);
+                    w.shopper = local as u32;
+                    seq
+                })
+                .collect()
+        });
         let b = (!batch_windows.is_empty()).then(|| {
             let candidates = CandidateConfig {
                 in_batch: 0,
                 uniform: config.negatives,
             };
             batch(
-                sequences,
+                reordered.as_deref().unwrap_or(sequences),
                 &batch_windows,
                 n_items,
                 candidates,

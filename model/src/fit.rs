@@ -410,7 +410,8 @@ pub fn run_dp_experiment(
         model.only = experiment.only;
         let shoppers = group.sequences.iter().filter(|s| s.len() > 1).count();
         let dims = model.num_params();
-        let (config, mut spend) = plan_dp_sgd(plan, shoppers, dims, experiment.shape.max_len)?;
+        let (mut config, mut spend) = plan_dp_sgd(plan, shoppers, dims, experiment.shape.max_len)?;
+        config.shuffle_same_time = experiment.train.shuffle_same_time.clone();
         let per_epoch = (1.0 / config.sampling_rate).ceil() as usize;
         let (model, report) = train_dp_sgd_with(model, &train_catalog, &group.sequences, &config, per_epoch, |r, m| {
             let valid = m.valid();

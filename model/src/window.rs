@@ -168,17 +168,27 @@ impl SameTimeRuns {
     pub fn shuffled(&self, sequences: &[Vec<u32>], rng: &mut SplitMix) -> Vec<Vec<u32>> {
         sequences
             .iter()
-            .zip(&self.shoppers)
-            .map(|(seq, (len, runs))| {
+            .enumerate()
+            .map(|(shopper, seq)| {
                 let mut seq = seq.clone();
-                if seq.len() == *len as usize {
-                    for (a, b) in runs {
-                        rng.shuffle(&mut seq[*a as usize..*b as usize]);
-                    }
-                }
+                self.shuffle_shopper(shopper, &mut seq, rng);
                 seq
             })
             .collect()
+    }
+
+    /// Permutes every run of `shopper` in `sequence`, that shopper's training sequence; for
+    /// trainers that draw a few shoppers a step (DP-SGD) rather than walk them all. A sequence
+    /// of another length than the runs were found in (or an unknown shopper) is left in order.
+    pub fn shuffle_shopper(&self, shopper: usize, sequence: &mut [u32], rng: &mut SplitMix) {
+        let Some((len, runs)) = self.shoppers.get(shopper) else {
+            return;
+        };
+        if sequence.len() == *len as usize {
+            for (a, b) in runs {
+                rng.shuffle(&mut sequence[*a as usize..*b as usize]);
+            }
+        }
     }
 }
 
