@@ -244,12 +244,14 @@ fn main() -> anyhow::Result<()> {
                 None => run_experiment(&experiment, seed, |group, e| {
                     if !quiet {
                         eprintln!(
-                            "{group} epoch {:>3}  loss {:.4}  {:.0} examples/s  val HR@10 {:.4}  NDCG@10 {:.4}",
+                            "{group} epoch {:>3}  loss {:.4}  {:.0} examples/s  val HR@10 {:.4}  NDCG@10 {:.4}  distinct-ts HR@10 {:.4} ({})",
                             e.train.epoch + 1,
                             e.train.mean_loss,
                             e.train.examples as f64 / e.train.seconds.max(1e-9),
                             e.validation_hr10,
-                            e.validation_ndcg10
+                            e.validation_ndcg10,
+                            e.validation_hr10_distinct_timestamps,
+                            e.validation_cases_distinct_timestamps
                         );
                     }
                 })?,

@@ -117,6 +117,12 @@ pub struct FitEpoch {
     pub train: EpochReport,
     pub validation_hr10: f64,
     pub validation_ndcg10: f64,
+    /// Validation HR@10 of the shoppers whose validation item and the event before it have
+    /// distinct timestamps, and how many they are: the item-id tie-break decides the rest's
+    /// target, which a model trained in the split's order can score on by learnt id order.
+    /// Reported, not selected on (early stopping reads the whole validation set).
+    pub validation_hr10_distinct_timestamps: f64,
+    pub validation_cases_distinct_timestamps: usize,
 }
 
 pub struct Fitted {
@@ -170,6 +176,8 @@ pub fn fit(
             train: report.clone(),
             validation_hr10: e.full.overall.mean.hit_rate,
             validation_ndcg10: e.full.overall.mean.ndcg,
+            validation_hr10_distinct_timestamps: e.full.distinct_timestamps.mean.hit_rate,
+            validation_cases_distinct_timestamps: e.full.distinct_timestamps.cases,
         };
         on_epoch(&epoch);
         let better = best.as_ref().is_none_or(|(b, _, _)| epoch.validation_hr10 > *b);
