@@ -350,20 +350,30 @@ fn shuffling_same_time_events_teaches_the_pairs_and_not_their_id_order() {
         let (m, _) = train(m, &catalog, &sequences, &config, |_, _| true).expect("a valid config");
         partner_probabilities(&m.valid())
     };
-    let (kept_forward, kept_backward) = trained(false);
-    let (shuffled_forward, shuffled_backward) = trained(true);
-    eprintln!("split order: {kept_forward:.3} / {kept_backward:.3}; shuffled: {shuffled_forward:.3} / {shuffled_backward:.3}");
+    assert_id_order_learnt_only_unshuffled("training", trained(false), trained(true));
+}
+
+/// `kept` and `shuffled`: [`partner_probabilities`] after training in the split's order and
+/// with the runs shuffled.
+fn assert_id_order_learnt_only_unshuffled(trainer: &str, kept: (f64, f64), shuffled: (f64, f64)) {
+    let ((kept_forward, kept_backward), (shuffled_forward, shuffled_backward)) = (kept, shuffled);
+    eprintln!(
+        "{trainer}, split order: {kept_forward:.3} / {kept_backward:.3}; shuffled: {shuffled_forward:.3} / {shuffled_backward:.3}"
+    );
     // In the split's order the model learns "the larger id follows": the partner is certain
     // after the smaller id and all but ruled out after the larger one.
-    assert!(kept_forward > 0.8 && kept_backward < 0.1, "{kept_forward} / {kept_backward}");
+    assert!(
+        kept_forward > 0.8 && kept_backward < 0.1,
+        "{trainer}: {kept_forward} / {kept_backward}"
+    );
     // Shuffled, it learns that the two items go together, whichever comes first.
     assert!(
         shuffled_forward > 0.3 && shuffled_backward > 0.3,
-        "{shuffled_forward} / {shuffled_backward}"
+        "{trainer}: {shuffled_forward} / {shuffled_backward}"
     );
     assert!(
         (shuffled_forward - shuffled_backward).abs() < 0.25,
-        "{shuffled_forward} / {shuffled_backward}"
+        "{trainer}: {shuffled_forward} / {shuffled_backward}"
     );
 }
 
@@ -376,8 +386,8 @@ fn dp_sgd_with_the_shuffle_learns_the_pairs_in_both_orders() {
         // Every shopper every step, little noise and a loose clip: the private trainer's own
         // window draws and reordering, without the noise hiding what they teach. Its noise and
         // draws come from the operating system's entropy, as a release's must, so this test
-        // is not seeded: five runs gave 0.995–0.998 / 0.000–0.008 in the split's order and
-        // 0.46–0.56 / 0.43–0.58 shuffled, well inside the bounds below.
+        // is not seeded: eight runs gave 0.992–0.998 / 0.000–0.020 in the split's order and
+        // 0.46–0.63 / 0.43–0.64 shuffled, inside the non-private trainer's bounds.
         let config = DpSgdConfig {
             sampling_rate: 1.0,
             noise_multiplier: 1e-3,
@@ -392,20 +402,7 @@ fn dp_sgd_with_the_shuffle_learns_the_pairs_in_both_orders() {
         let (m, _) = train_dp_sgd(m, &catalog, &sequences, &config).expect("a valid config");
         partner_probabilities(&m.valid())
     };
-    let (kept_forward, kept_backward) = trained(false);
-    let (shuffled_forward, shuffled_backward) = trained(true);
-    eprintln!(
-        "DP-SGD, split order: {kept_forward:.3} / {kept_backward:.3}; shuffled: {shuffled_forward:.3} / {shuffled_backward:.3}"
-    );
-    assert!(kept_forward > 0.6 && kept_backward < 0.15, "{kept_forward} / {kept_backward}");
-    assert!(
-        shuffled_forward > 0.25 && shuffled_backward > 0.25,
-        "{shuffled_forward} / {shuffled_backward}"
-    );
-    assert!(
-        (shuffled_forward - shuffled_backward).abs() < 0.25,
-        "{shuffled_forward} / {shuffled_backward}"
-    );
+    assert_id_order_learnt_only_unshuffled("DP-SGD", trained(false), trained(true));
     // Runs found in other sequences are refused, as the non-private trainer refuses them.
     let device = Device::flex().autodiff();
     let (m, catalog) = model(&device, 5);
