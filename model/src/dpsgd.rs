@@ -74,9 +74,10 @@ pub struct DpSgdConfig {
     pub grid_exponent: i32,
     /// Permute each sampled shopper's same-timestamp events afresh every time it is drawn
     /// (as [`crate::train::TrainConfig::shuffle_same_time`] does every epoch), so that private
-    /// rounds do not learn the split's item-id tie-break either. A data-independent reordering
-    /// inside one shopper's own sequence: the per-shopper sensitivity, and so the privacy
-    /// charged, is unchanged.
+    /// rounds do not learn the split's item-id tie-break either. The reordering stays inside
+    /// one shopper's own sequence and is decided by that shopper's own timestamps, so each
+    /// clipped per-shopper gradient still depends on that shopper alone: the sensitivity, and
+    /// so the privacy charged, is unchanged.
     pub shuffle_same_time: Option<Arc<SameTimeRuns>>,
 }
 
