@@ -43,8 +43,9 @@ use fedfuse_server::aggregate::AggregationRule;
 use fedfuse_server::aggregate::optimizer::ServerOptimizerConfig;
 use fedfuse_server::central_dp::{AdaptiveClipping, CentralDp};
 use fedfuse_server::fine_tune::FusionFineTuner;
-use fedfuse_server::layout::{ModelLayout, TensorSpec};
+use fedfuse_server::layout::ModelLayout;
 use fedfuse_server::pki::{self, InitOptions};
+use fedfuse_server::pretrain::pretrain;
 use fedfuse_server::round::RoundPolicy;
 use fedfuse_server::schedule::LearningRateSchedule;
 use fedfuse_server::service::{FineTuner, ServiceOptions, run_aggregator_with};
@@ -148,6 +149,13 @@ struct Cli {
     /// fusion weights and head on them after each aggregation (0 turns fine-tuning off).
     #[arg(long, default_value_t = 0.0)]
     platform_share: f64,
+    /// Before round 1 the platform trains the fused model for up to this many epochs on the
+    /// shoppers it holds (--platform-share), keeping the epoch its own validation shoppers rank
+    /// best, and the federation starts from that model instead of a random one: transfer
+    /// learning from data the platform owns (`fedfuse-server run --init-model` in production).
+    /// No store's data is read, so it costs no store any privacy. 0: a random start.
+    #[arg(long, default_value_t = 0)]
+    pretrain_epochs: usize,
     /// FedProx: the weight μ of the proximal term (μ/2)·‖w − w_global‖² that each store adds
     /// to its local loss, which holds its steps near the model it was offered (0: plain local
     /// training).
@@ -275,6 +283,10 @@ impl std::str::FromStr for Serve {
     }
 }
 
+/// Epochs the platform's pretraining goes on without a better validation HR@10 before it stops
+/// (the quality benchmark's patience).
+const PRETRAIN_PATIENCE: usize = 10;
+
 /// The averages `tail-average:auto` chooses among: short ones for a model that still moves,
 /// long ones for one that oscillates around where it converged.
 const TAIL_AVERAGE_CANDIDATES: [usize; 7] = [1, 2, 3, 5, 8, 10, 13];
@@ -368,16 +380,8 @@ fn main() -> anyhow::Result<()> {
     base.seed(cli.seed);
     // The starting global model, as the aggregator's layout and flat parameters.
     let start = FusedTrainer::initial_model(shape, &features, &base);
-    let layout = ModelLayout::new(
-        start
-            .iter()
-            .map(|p| TensorSpec {
-                name: p.name.clone(),
-                shape: p.shape.iter().map(|d| *d as u32).collect(),
-            })
-            .collect(),
-    );
-    let initial: Vec<f32> = start.iter().flat_map(|p| p.values.iter().copied()).collect();
+    let layout = ModelLayout::of_params(&start);
+    let mut initial: Vec<f32> = start.iter().flat_map(|p| p.values.iter().copied()).collect();
     let dims = initial.len();
     let sequences = split.train_sequences();
     let same_time = cli.shuffle_same_time.then(|| Arc::new(SameTimeRuns::from_split(&split)));
@@ -412,6 +416,92 @@ fn main() -> anyhow::Result<()> {
         })
         .filter(|s| s.shoppers > 0 && Some(s.index) != platform)
         .collect();
+    // Transfer learning: the platform's own shoppers train the model the federation starts from.
+    let pretraining = match (cli.pretrain_epochs, platform) {
+        (0, _) => None,
+        (_, None) => anyhow::bail!("--pretrain-epochs needs --platform-share: the platform pretrains on the shoppers it holds"),
+        (epochs, Some(p)) => {
+            let own: Vec<Vec<u32>> = sequences
+                .iter()
+                .enumerate()
+                .map(|(s, seq)| {
+                    if dataset.shoppers[s].store == p {
+                        seq.clone()
+                    } else {
+                        Vec::new()
+                    }
+                })
+                .collect();
+            let config = TrainConfig {
+                epochs,
+                batch_size: 32,
+                learning_rate: 1e-3,
+                warmup_steps: 100,
+                max_len: cli.max_len,
+                window_stride: cli.window_stride,
+                candidates: CandidateConfig {
+                    in_batch: cli.in_batch,
+                    uniform: cli.uniform,
+                },
+                seed: cli.seed,
+                shuffle_same_time: same_time.clone(),
+                ..TrainConfig::default()
+            };
+            let pretrained = pretrain(
+                shape,
+                &features,
+                &base,
+                &own,
+                &split,
+                &cases_of(p, Holdout::Validation),
+                &config,
+                PRETRAIN_PATIENCE,
+                |e| {
+                    eprintln!(
+                        "platform pretraining, epoch {}: loss {:.4}, platform validation HR@10 {:.4}",
+                        e.train.epoch + 1,
+                        e.train.mean_loss,
+                        e.validation_hr10
+                    )
+                },
+            )?;
+            // What the start alone scores on the stores' test shoppers: the federation's baseline.
+            let test_cases: Vec<usize> = stores.iter().flat_map(|s| cases_of(s.index, Holdout::Test)).collect();
+            let mut acc = EvalAccumulator::default();
+            evaluate_into(
+                &mut FusedScorer::new(&pretrained.model, &features.to_tensors(features.vocabulary(TITLE_LEN), &base)),
+                &split,
+                Holdout::Test,
+                &test_cases,
+                256,
+                &mut acc,
+            );
+            let test = acc.finish(10);
+            let shoppers = own.iter().filter(|s| s.len() > 1).count();
+            let validation = pretrained.validation_hr10;
+            println!(
+                "platform pretraining on {shoppers} shoppers: epoch {} of {} kept (platform validation HR@10 {validation:.4}, random start {:.4}); the stores' test shoppers: HR@10 {:.4}, NDCG@10 {:.4} ({:.0} s)",
+                pretrained.best_epoch,
+                pretrained.epochs.len(),
+                pretrained.validation_hr10_fresh,
+                test.full.overall.mean.hit_rate,
+                test.full.overall.mean.ndcg,
+                pretrained.seconds
+            );
+            anyhow::ensure!(
+                pretrained.layout == layout,
+                "the pretrained model's layout differs from the federation's"
+            );
+            initial = pretrained.params;
+            Some(
+                json!({"epochs": pretrained.epochs.len(), "best_epoch": pretrained.best_epoch, "shoppers": shoppers,
+                "platform_validation_hr10": validation, "platform_validation_hr10_fresh": pretrained.validation_hr10_fresh, "seconds": pretrained.seconds,
+                "hr10_full": test.full.overall.mean.hit_rate, "ndcg10_full": test.full.overall.mean.ndcg,
+                "hr10_sampled": test.sampled.overall.mean.hit_rate, "ndcg10_sampled": test.sampled.overall.mean.ndcg,
+                "hr10_full_distinct_timestamps": test.full.distinct_timestamps.mean.hit_rate}),
+            )
+        }
+    };
     eprintln!(
         "{} shoppers, {} items, {} stores{}; {} rounds of {} local epoch(s); {} parameters",
         dataset.shoppers.len(),
@@ -924,8 +1014,9 @@ fn main() -> anyhow::Result<()> {
             "config": {"rounds": cli.rounds, "local_epochs": cli.local_epochs, "local_steps": cli.local_steps, "lr": cli.lr, "lr_schedule": cli.lr_schedule, "min_lr_fraction": cli.min_lr_fraction, "lr_hold_fraction": cli.lr_hold_fraction, "batch_size": cli.batch_size,
                 "server_optimizer": cli.server_optimizer, "server_lr": cli.server_lr, "server_momentum": cli.server_momentum, "server_nesterov": cli.server_nesterov, "proximal_mu": cli.proximal_mu, "drift_correction": cli.drift_correction, "in_batch": cli.in_batch, "uniform": cli.uniform, "window_stride": cli.window_stride, "shuffle_same_time": cli.shuffle_same_time, "encoding": cli.encoding,
                 "dim": cli.dim, "max_len": cli.max_len, "head": cli.head, "dropout": cli.dropout, "seed": cli.seed,
-                "target_epsilon": cli.target_epsilon, "store_level_epsilon": cli.store_level_epsilon, "delta": cli.delta, "platform_share": cli.platform_share, "pool_stores": cli.pool_stores, "pool_moments": cli.pool_moments, "forget_optimizer": cli.forget_optimizer, "serve": format!("{:?}", cli.serve)},
+                "target_epsilon": cli.target_epsilon, "store_level_epsilon": cli.store_level_epsilon, "delta": cli.delta, "platform_share": cli.platform_share, "pretrain_epochs": cli.pretrain_epochs, "pool_stores": cli.pool_stores, "pool_moments": cli.pool_moments, "forget_optimizer": cli.forget_optimizer, "serve": format!("{:?}", cli.serve)},
             "rounds": rounds,
+            "pretraining": pretraining,
             "fine_tuning": service_report.fine_tuning.iter().map(|(r, m)| json!({"round": r,
                 "metrics": m.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>()})).collect::<Vec<_>>(),
             "tail_average_candidates": tail_candidates.iter().map(|(k, a, vh, vn, t)| json!({"k": k, "rounds": a.rounds,

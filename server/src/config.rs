@@ -205,8 +205,8 @@ impl PlanSection {
     }
 }
 
-/// The platform's own data: the catalog every store's item ids refer to and, for fine-tuning,
-/// the shoppers the platform owns.
+/// The platform's own data: the catalog every store's item ids refer to and, for pretraining and
+/// fine-tuning, the shoppers the platform owns.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PlatformSection {
@@ -404,8 +404,9 @@ hold_rounds = {hold}
 {model_keys}
 [platform]
 # The platform's data: the catalog every item id refers to (`synthetic`, `movielens:PATH` or
-# `csv:DIR`; relative to this file) and the shoppers the platform owns for fine-tuning: the
-# data's store named `store`, or else a `hold_out` share of all shoppers.
+# `csv:DIR`; relative to this file) and the shoppers the platform owns, which `pretrain` trains
+# the starting model on and fine-tuning tunes the fusion on: the data's store named `store`, or
+# else a `hold_out` share of all shoppers.
 data = "{pdata}"
 synthetic_seed = {pseed}
 store = "{pstore}"

@@ -39,6 +39,19 @@ impl ModelLayout {
         Self { tensors, offsets, total }
     }
 
+    /// The layout of a model exported as named tensors, in their order.
+    pub fn of_params(params: &[fedfuse_model::params::NamedParam]) -> Self {
+        Self::new(
+            params
+                .iter()
+                .map(|p| TensorSpec {
+                    name: p.name.clone(),
+                    shape: p.shape.iter().map(|d| *d as u32).collect(),
+                })
+                .collect(),
+        )
+    }
+
     pub fn tensors(&self) -> &[TensorSpec] {
         &self.tensors
     }

@@ -7,6 +7,7 @@
 //! - [`central_dp`]: client-level DP-FedAvg noised by the aggregator, charged to its own ledger.
 //! - [`service`]: the async driver: QUIC sessions in, coordinator actions out, commits persisted.
 //! - [`fine_tune`]: the platform's fine-tuning of the fused model on its own shoppers.
+//! - [`pretrain`]: the model a new federation starts from, trained on the platform's shoppers.
 //! - [`schedule`]: the learning rate the aggregator offers, round by round.
 //! - [`selection`]: the model to serve, by the stores' pooled validation of each version.
 //! - [`safetensors`]: model import and export for PyTorch users.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod fine_tune;
 pub mod layout;
 pub mod pki;
+pub mod pretrain;
 pub mod round;
 pub mod safetensors;
 pub mod schedule;

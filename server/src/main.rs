@@ -85,6 +85,34 @@ enum Command {
         #[arg(long)]
         init_model: Option<PathBuf>,
     },
+    /// Train the model a new federation starts from on the platform's own shoppers ([platform]
+    /// in the config: its data and which shoppers are the platform's), keeping the epoch whose
+    /// model ranks their validation items best, and write it as safetensors for `run
+    /// --init-model`. Reads no store's data, so it costs no store any privacy; the model has
+    /// the config's [model] shape.
+    ///
+    /// Example: fedfuse-server pretrain --config platform/config.toml --out pretrained.safetensors
+    Pretrain {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Passes over the platform's shoppers at most.
+        #[arg(long, default_value_t = 50)]
+        epochs: usize,
+        /// Stop after this many epochs without a better validation HR@10.
+        #[arg(long, default_value_t = 10)]
+        patience: usize,
+        /// Windows per batch (centralized training; the stores' batch is [plan] batch_size).
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// AdamW's peak rate, after 100 warm-up steps, on a cosine over the epochs.
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        /// `auto` (the GPU through wgpu, else the CPU), `gpu` or `cpu`.
+        #[arg(long, default_value = "auto")]
+        device: fedfuse_model::device::DeviceChoice,
+    },
     /// Show the federation's state: the current model, every committed round, every store with
     /// its accepted updates and reported ε.
     Status {
@@ -162,35 +190,38 @@ impl PlatformData {
         device.seed(config.round.seed);
         let vocabulary = self.features.vocabulary(fedfuse_model::fit::TITLE_LEN);
         let params = fedfuse_model::params::export(&config.model.config(&vocabulary).init(&device));
-        let layout = fedfuse_server::layout::ModelLayout::new(
-            params
-                .iter()
-                .map(|p| fedfuse_server::layout::TensorSpec {
-                    name: p.name.clone(),
-                    shape: p.shape.iter().map(|d| *d as u32).collect(),
-                })
-                .collect(),
-        );
+        let layout = fedfuse_server::layout::ModelLayout::of_params(&params);
         (layout, params.into_iter().flat_map(|p| p.values).collect())
     }
 
-    fn fine_tuner(&self, config: &ServerConfig) -> anyhow::Result<Box<dyn FineTuner>> {
-        let own = |s: u32| self.dataset.shoppers[s as usize].store == self.store;
-        let sequences: Vec<Vec<u32>> = self
-            .split
+    fn owns(&self, shopper: u32) -> bool {
+        self.dataset.shoppers[shopper as usize].store == self.store
+    }
+
+    /// The platform's shoppers' training sequences (every other shopper's empty, so that the
+    /// split's case indices stay valid).
+    fn own_sequences(&self) -> Vec<Vec<u32>> {
+        self.split
             .train_sequences()
             .into_iter()
             .enumerate()
-            .map(|(s, seq)| if own(s as u32) { seq } else { Vec::new() })
-            .collect();
-        let cases: Vec<usize> = self
-            .split
+            .map(|(s, seq)| if self.owns(s as u32) { seq } else { Vec::new() })
+            .collect()
+    }
+
+    fn own_validation_cases(&self) -> Vec<usize> {
+        self.split
             .validation
             .iter()
             .enumerate()
-            .filter(|(_, c)| own(c.shopper))
+            .filter(|(_, c)| self.owns(c.shopper))
             .map(|(i, _)| i)
-            .collect();
+            .collect()
+    }
+
+    fn fine_tuner(&self, config: &ServerConfig) -> anyhow::Result<Box<dyn FineTuner>> {
+        let sequences = self.own_sequences();
+        let cases = self.own_validation_cases();
         anyhow::ensure!(!cases.is_empty(), "[platform] owns no shoppers to fine-tune on");
         let lr = config.platform.fine_tune_learning_rate;
         Ok(Box::new(fedfuse_server::fine_tune::FusionFineTuner::new(
@@ -259,6 +290,70 @@ fn main() -> anyhow::Result<()> {
         Command::RevokeStore { dir, store } => {
             PlatformDir::open(&dir)?.revoke_store(&store)?;
             println!("revoked store {store:?}; {} updated", dir.join(pki::CRL).display());
+        }
+        Command::Pretrain {
+            config,
+            out,
+            epochs,
+            patience,
+            batch_size,
+            lr,
+            device,
+        } => {
+            let config = ServerConfig::load(&config)?;
+            let platform_data = PlatformData::load(&config)?;
+            let device = fedfuse_model::device::select(device)?;
+            device.seed(config.round.seed);
+            let sequences = platform_data.own_sequences();
+            let shoppers = sequences.iter().filter(|s| s.len() > 1).count();
+            println!(
+                "pretraining on the platform's {shoppers} shoppers ({} of [platform] data), at most {epochs} epochs",
+                config.platform.store
+            );
+            let train = fedfuse_model::train::TrainConfig {
+                epochs,
+                batch_size,
+                learning_rate: lr,
+                warmup_steps: 100,
+                max_len: config.model.max_len,
+                seed: config.round.seed,
+                ..Default::default()
+            };
+            let pretrained = fedfuse_server::pretrain::pretrain(
+                config.model,
+                &platform_data.features,
+                &device,
+                &sequences,
+                &platform_data.split,
+                &platform_data.own_validation_cases(),
+                &train,
+                patience,
+                |e| {
+                    println!(
+                        "epoch {:>3}: loss {:.4}, validation HR@10 {:.4} ({:.0} predictions/s)",
+                        e.train.epoch + 1,
+                        e.train.mean_loss,
+                        e.validation_hr10,
+                        e.train.examples as f64 / e.train.seconds.max(1e-9)
+                    )
+                },
+            )?;
+            let metadata = std::collections::BTreeMap::from([
+                ("fedfuse_model".to_owned(), "pretrained on the platform's shoppers".to_owned()),
+                ("epoch".to_owned(), pretrained.best_epoch.to_string()),
+                ("validation_hr10".to_owned(), format!("{:.4}", pretrained.validation_hr10)),
+            ]);
+            fedfuse_server::safetensors::write(&out, &pretrained.layout, &pretrained.params, &metadata)?;
+            println!(
+                "kept epoch {} of {}: platform validation HR@10 {:.4} (random start {:.4}); {} parameters written to {} ({:.0} s)",
+                pretrained.best_epoch,
+                pretrained.epochs.len(),
+                pretrained.validation_hr10,
+                pretrained.validation_hr10_fresh,
+                pretrained.params.len(),
+                out.display(),
+                pretrained.seconds
+            );
         }
         Command::Run { config, init_model } => {
             let config = ServerConfig::load(&config)?;

@@ -90,6 +90,81 @@ fn help_teaches_the_workflow() {
     }
 }
 
+/// `pretrain` trains on the platform's own shoppers only and writes a model that `run
+/// --init-model` reads: its layout is the config's [model], and it ranks the platform's
+/// validation items better than the random start it came from.
+#[test]
+fn pretrain_writes_a_model_that_ranks_better_than_its_random_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = dir.path().join("platform");
+    assert!(server(&["init", "--dir", platform.to_str().unwrap()]).status.success());
+    let data = dir.path().join("shop");
+    let synthetic = fedfuse_data::SyntheticConfig {
+        seed: 3,
+        shoppers: 600,
+        items: 300,
+        events: 15_000,
+        ..Default::default()
+    };
+    std::fs::create_dir(&data).unwrap();
+    fedfuse_data::csv_reader::write_dir(&fedfuse_data::synthetic::generate(&synthetic).unwrap(), &data).unwrap();
+    let config_path = platform.join(pki::CONFIG);
+    let config = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace("data = \"synthetic\"", &format!("data = \"csv:{}\"", data.display()))
+        .replace("hold_out = 0.1", "hold_out = 0.3")
+        .replace("dim = 64", "dim = 16");
+    std::fs::write(&config_path, config).unwrap();
+    let out_path = dir.path().join("pretrained.safetensors");
+    let out = server(&[
+        "pretrain",
+        "--config",
+        config_path.to_str().unwrap(),
+        "--out",
+        out_path.to_str().unwrap(),
+        "--epochs",
+        "4",
+        "--device",
+        "cpu",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    // "kept epoch E of N: platform validation HR@10 X (random start Y); P parameters written ..."
+    let number_after = |marker: &str| -> f64 {
+        let rest = &stdout[stdout.find(marker).unwrap_or_else(|| panic!("no {marker:?} in {stdout}")) + marker.len()..];
+        rest.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (pretrained, fresh) = (number_after("platform validation HR@10 "), number_after("random start "));
+    assert!(
+        pretrained > fresh + 0.02,
+        "pretrained {pretrained} vs random start {fresh}: {stdout}"
+    );
+    // The kept epoch is the best one validated, not the last.
+    let per_epoch: Vec<f64> = stdout
+        .lines()
+        .filter(|l| l.starts_with("epoch"))
+        .map(|l| l.split("validation HR@10 ").nth(1).unwrap()[..6].parse().unwrap())
+        .collect();
+    assert_eq!(per_epoch.len(), 4, "{stdout}");
+    assert_eq!(pretrained, per_epoch.iter().copied().fold(0.0, f64::max), "{stdout}");
+    let (layout, params) = fedfuse_server::safetensors::read(&out_path).unwrap();
+    assert_eq!(layout.len(), params.len());
+    assert_eq!(params.len() as f64, number_after("; "), "{stdout}");
+    assert!(params.iter().all(|v| v.is_finite()));
+    // The item-ID embedding holds one 16-wide row per item of the platform's catalog.
+    let items = layout
+        .tensors()
+        .iter()
+        .find(|t| t.name == "items.id.weight")
+        .unwrap_or_else(|| panic!("no item-id embedding in {:?}", layout.tensors()));
+    assert_eq!(items.shape[1], 16);
+    assert!(items.shape[0] >= 300, "{:?}", items.shape);
+}
+
 mod federation {
     //! `fedfuse-server run`, `status` and `export` as a platform operator runs them, with two
     //! store agents joining over QUIC.
