@@ -2,7 +2,7 @@
 """Renders bench/federation.sh's JSON reports into BENCHMARKS.md: the main table into
 `federation-ml100k`, and each family of runs into its own section (`federation-served`,
 `-tail-average`, `-rounds`, `-server-step`, `-exact-softmax`, `-local-work`,
-`-context-windows`). Standard library only; runs that have no report yet are left out, and a
+`-context-windows`, `-pretrained`). Standard library only; runs that have no report yet are left out, and a
 section none of whose runs has a report is left as it was."""
 
 import argparse
@@ -632,6 +632,66 @@ CONTEXT_RUNS = [("fed_e2ctx25", "2 epochs a round", "fed_e2", "the same recipe o
                  "the same recipe in the split's order")]
 
 
+PRETRAIN_RUNS = [("fed_p10", "random start"), ("fed_p10pt", "pretrained by the platform"),
+                 ("fed_dp8_p10", "random start, user-level DP-SGD ε = 8"),
+                 ("fed_dp8_p10pt", "pretrained by the platform, user-level DP-SGD ε = 8")]
+
+
+def pretrain_section(runs, note):
+    """Transfer learning: the same federation from a random start and from the model the
+    platform pretrained on its own shoppers, with and without DP; `runs` is [(label, reports)]."""
+    out = ["## Federation from a model the platform pretrained (MovieLens-100K, 11 ZIP stores)", "",
+           "`SEEDS=\"1 2 3\" bench/federation.sh --only fed_p10,fed_p10pt,fed_dp8_p10,fed_dp8_p10pt` (quickstart on "
+           "loopback, as above): the platform holds 10% of the shoppers out of every store (`--platform-share 0.1`, "
+           "the same shoppers for a seed in every row) and fine-tunes the fusion on them after each aggregation; the "
+           "stores federate the first recipe (2 local epochs, batches of 8 windows, AdamW lr 0.003 constant) for 10 "
+           "rounds, the last model served, tested on the stores' test shoppers only. *Pretrained* rows start from the "
+           "model the platform trained on its own shoppers first (`--pretrain-epochs 50`: batches of 32, lr 1e-3 "
+           "after 100 warm-up steps on a cosine, the epoch its own validation shoppers rank best kept, patience 10; "
+           "`fedfuse-server pretrain` in production); no store's data is read for it, so it costs no store any "
+           "privacy. *Round 0* is the starting model itself. DP rows: user-level DP-SGD in every store, ε = 8 over "
+           "the 10 rounds, δ = 1e-4, 16 expected shoppers a step, clip 1, updates averaged uniformly. " + note, ""]
+    out.append("| start | seeds | HR@10 full, round 0 | round 1 | round 3 | round 5 | HR@10 full after round 10 | "
+               "NDCG@10 full | HR@10 sampled | NDCG@10 sampled | worst store HR@10 | ε max | wall s |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for label, reports in runs:
+        def at(k):
+            vals = [row["hr10_full"] for r in reports for row in r["rounds"] if row["round"] == k]
+            return cell(vals) if len(vals) == len(reports) else "–"
+        eps = [max((v for v in r["final"]["epsilon"].values() if v is not None), default=None) for r in reports]
+        eps = [e for e in eps if e is not None]
+        out.append(
+            f"| {label} | {', '.join(str(r['config']['seed']) for r in reports)} | {at(0)} | {at(1)} | {at(3)} | {at(5)} | "
+            f"**{cell([r['last']['hr10_full'] for r in reports])}** | {cell([r['last']['ndcg10_full'] for r in reports])} | "
+            f"{cell([r['final']['hr10_sampled'] for r in reports])} | {cell([r['final']['ndcg10_sampled'] for r in reports])} | "
+            f"{cell([(r['final'].get('worst_store') or {}).get('hr10', float('nan')) for r in reports])} | "
+            f"{f'{max(eps):.2f}' if eps else '–'} | {mean_std([r['final']['seconds'] for r in reports])[0]:.0f} |")
+    by = dict(runs)
+    pre = [r["pretraining"] for r in by.get("pretrained by the platform", []) if r.get("pretraining")]
+    if pre:
+        validation = [p["platform_validation_hr10"] for p in pre]
+        out.append("")
+        out.append(f"The platform's pretraining, per seed: {', '.join(str(p['shoppers']) for p in pre)} shoppers; "
+                   f"epochs kept {', '.join(str(p['best_epoch']) for p in pre)} of "
+                   f"{', '.join(str(p['epochs']) for p in pre)}; platform validation HR@10 "
+                   f"{', '.join(f'{v:.4f}' for v in validation)}; "
+                   f"{mean_std([p['seconds'] for p in pre])[0]:.0f} s on average (inside the wall time above).")
+    for base, treated in (("random start", "pretrained by the platform"),
+                          ("random start, user-level DP-SGD ε = 8", "pretrained by the platform, user-level DP-SGD ε = 8")):
+        a = {r["config"]["seed"]: r for r in by.get(base, [])}
+        b = {r["config"]["seed"]: r for r in by.get(treated, [])}
+        seeds = sorted(set(a) & set(b))
+        if not seeds:
+            continue
+        d = [b[s]["last"]["hr10_full"] - a[s]["last"]["hr10_full"] for s in seeds]
+        gain = [b[s]["last"]["hr10_full"] - b[s]["rounds"][0]["hr10_full"] for s in seeds]
+        out.append("")
+        out.append(f"{treated} minus {base}, HR@10 after round 10, seed by seed: "
+                   f"{', '.join(f'{x:+.4f}' for x in d)} (mean {mean_std(d)[0]:+.4f}); what the stores' 10 rounds "
+                   f"add to the pretrained start: {', '.join(f'{x:+.4f}' for x in gain)} (mean {mean_std(gain)[0]:+.4f}).")
+    return "\n".join(out) + "\n"
+
+
 def at_round(report, k):
     rows = [r for r in report["rounds"] if r["round"] == k]
     return rows[0] if rows else None
@@ -712,6 +772,13 @@ def main():
         table = context_section(ctx, paired_with, central, centralized_distinct(md), local_only(md), args.note)
         print(table)
         md = replace_section(md, "federation-context-windows", table)
+        args.benchmarks.write_text(md)
+    pre = [(label, [r for r in (load(d, n) for d in args.reports) if r]) for n, label in PRETRAIN_RUNS]
+    pre = [(label, rs) for label, rs in pre if rs]
+    if pre:
+        table = pretrain_section(pre, args.note)
+        print(table)
+        md = replace_section(md, "federation-pretrained", table)
         args.benchmarks.write_text(md)
     if not runs and not local:
         print("no reports of the main federation table under", args.reports)

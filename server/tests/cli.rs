@@ -85,7 +85,7 @@ fn init_issue_revoke_round_trip_with_private_keys_0600() {
 fn help_teaches_the_workflow() {
     let out = server(&["--help"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    for word in ["init", "issue-store", "revoke-store", "CA"] {
+    for word in ["init", "issue-store", "revoke-store", "pretrain", "CA"] {
         assert!(text.contains(word), "--help lacks {word}: {text}");
     }
 }
