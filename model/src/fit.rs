@@ -144,7 +144,7 @@ impl Fitted {
 
 /// Trains `model` (on an autodiff device; `train_catalog` there too) on `sequences`, validating
 /// after every epoch on `validation_cases` of `split` with `eval_catalog` (plain device), and
-/// stopping after `patience` epochs without a better validation HR@10.
+/// stopping after `patience` epochs without a better validation HR@10 (ties broken by NDCG@10).
 #[allow(clippy::too_many_arguments)]
 pub fn fit(
     model: FusedRecommender,
@@ -158,7 +158,7 @@ pub fn fit(
     mut on_epoch: impl FnMut(&FitEpoch),
 ) -> Result<Fitted, InvalidTrainConfig> {
     let started = std::time::Instant::now();
-    let mut best: Option<(f64, usize, FusedRecommender)> = None;
+    let mut best: Option<((f64, f64), usize, FusedRecommender)> = None;
     let mut epochs = Vec::new();
     let (last, _) = train(model, train_catalog, sequences, config, |report, m| {
         let valid = m.valid();
@@ -180,21 +180,29 @@ pub fn fit(
             validation_cases_distinct_timestamps: e.full.distinct_timestamps.cases,
         };
         on_epoch(&epoch);
-        let better = best.as_ref().is_none_or(|(b, _, _)| epoch.validation_hr10 > *b);
-        if better {
-            best = Some((epoch.validation_hr10, report.epoch, valid));
+        let score = (epoch.validation_hr10, epoch.validation_ndcg10);
+        if best.as_ref().is_none_or(|(b, _, _)| improves(score, *b)) {
+            best = Some((score, report.epoch, valid));
         }
         epochs.push(epoch);
         let since_best = report.epoch - best.as_ref().map_or(0, |(_, e, _)| *e);
         since_best < patience.max(1)
     })?;
-    let (_, best_epoch, model) = best.unwrap_or_else(|| (0.0, 0, last.valid()));
+    let (_, best_epoch, model) = best.unwrap_or_else(|| ((0.0, 0.0), 0, last.valid()));
     Ok(Fitted {
         model,
         best_epoch,
         epochs,
         train_seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Whether an epoch's validation (HR@10, NDCG@10) beats the best so far. A tie on HR@10 goes
+/// to NDCG@10: on a few dozen validation shoppers HR@10 moves in steps of one shopper and can
+/// sit level for many epochs while the ranking still improves (a platform's 76 shoppers on
+/// MovieLens-100K held 0.0789 for 10 epochs, and patience stopped a fit whose loss still fell).
+fn improves(score: (f64, f64), best: (f64, f64)) -> bool {
+    score.0 > best.0 || (score.0 == best.0 && score.1 > best.1)
 }
 
 /// Who trains together in an experiment.
@@ -460,4 +468,19 @@ pub fn run_dp_experiment(
         },
         spends,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::improves;
+
+    #[test]
+    fn a_validation_tie_on_hr10_goes_to_ndcg10() {
+        let best = (0.0789, 0.0310);
+        assert!(improves((0.0789, 0.0311), best), "same HR@10, better NDCG@10");
+        assert!(!improves((0.0789, 0.0310), best), "a full tie is no improvement");
+        assert!(!improves((0.0789, 0.0300), best));
+        assert!(improves((0.0800, 0.0200), best), "HR@10 decides first");
+        assert!(!improves((0.0700, 0.0900), best));
+    }
 }
