@@ -317,6 +317,7 @@ fn main() -> anyhow::Result<()> {
                 warmup_steps: 100,
                 max_len: config.model.max_len,
                 seed: config.round.seed,
+                progress: true,
                 ..Default::default()
             };
             let pretrained = fedfuse_server::pretrain::pretrain(
