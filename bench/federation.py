@@ -634,23 +634,30 @@ CONTEXT_RUNS = [("fed_e2ctx25", "2 epochs a round", "fed_e2", "the same recipe o
 
 PRETRAIN_RUNS = [("fed_p10", "random start"), ("fed_p10pt", "pretrained by the platform"),
                  ("fed_dp8_p10", "random start, user-level DP-SGD ε = 8"),
-                 ("fed_dp8_p10pt", "pretrained by the platform, user-level DP-SGD ε = 8")]
+                 ("fed_dp8_p10pt", "pretrained by the platform, user-level DP-SGD ε = 8"),
+                 ("fed_dp8_p10_lr1", "random start, user-level DP-SGD ε = 8, stores' lr 1e-3"),
+                 ("fed_dp8_p10pt_lr1", "pretrained by the platform, user-level DP-SGD ε = 8, stores' lr 1e-3"),
+                 ("fed_dp8_p10pt_q1", "pretrained by the platform, user-level DP-SGD ε = 8, every shopper of a "
+                                      "store in every step (q = 1)")]
 
 
 def pretrain_section(runs, note):
     """Transfer learning: the same federation from a random start and from the model the
     platform pretrained on its own shoppers, with and without DP; `runs` is [(label, reports)]."""
     out = ["## Federation from a model the platform pretrained (MovieLens-100K, 11 ZIP stores)", "",
-           "`SEEDS=\"1 2 3\" bench/federation.sh --only fed_p10,fed_p10pt,fed_dp8_p10,fed_dp8_p10pt` (quickstart on "
+           "`SEEDS=\"1 2 3\" bench/federation.sh --only fed_p10,fed_p10pt,fed_dp8_p10,fed_dp8_p10pt,fed_dp8_p10pt_lr1` and "
+           "`--only fed_dp8_p10_lr1,fed_dp8_p10pt_q1` (seed 1) (quickstart on "
            "loopback, as above): the platform holds 10% of the shoppers out of every store (`--platform-share 0.1`, "
            "the same shoppers for a seed in every row) and fine-tunes the fusion on them after each aggregation; the "
            "stores federate the first recipe (2 local epochs, batches of 8 windows, AdamW lr 0.003 constant) for 10 "
-           "rounds, the last model served, tested on the stores' test shoppers only. *Pretrained* rows start from the "
+           "rounds (where a row says so, at a store lr of 1e-3, or with DP-SGD steps over all of a store's "
+           "shoppers), the last model served, tested on the stores' test shoppers only. *Pretrained* rows start from the "
            "model the platform trained on its own shoppers first (`--pretrain-epochs 50`: batches of 32, lr 1e-3 "
            "after 100 warm-up steps on a cosine, the epoch its own validation shoppers rank best kept, patience 10; "
            "`fedfuse-server pretrain` in production); no store's data is read for it, so it costs no store any "
            "privacy. *Round 0* is the starting model itself. DP rows: user-level DP-SGD in every store, ε = 8 over "
-           "the 10 rounds, δ = 1e-4, 16 expected shoppers a step, clip 1, updates averaged uniformly. " + note, ""]
+           "the 10 rounds, δ = 1e-4, 16 expected shoppers a step (q ≈ 0.2) unless the row says otherwise, clip 1, "
+           "updates averaged uniformly; a DP store reports no validation. " + note, ""]
     out.append("| start | seeds | HR@10 full, round 0 | round 1 | round 3 | round 5 | HR@10 full after round 10 | "
                "NDCG@10 full | HR@10 sampled | NDCG@10 sampled | worst store HR@10 | ε max | wall s |")
     out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -677,18 +684,22 @@ def pretrain_section(runs, note):
                    f"{', '.join(f'{v:.4f}' for v in validation)}; "
                    f"{mean_std([p['seconds'] for p in pre])[0]:.0f} s on average (inside the wall time above).")
     for base, treated in (("random start", "pretrained by the platform"),
-                          ("random start, user-level DP-SGD ε = 8", "pretrained by the platform, user-level DP-SGD ε = 8")):
+                          ("random start, user-level DP-SGD ε = 8", "pretrained by the platform, user-level DP-SGD ε = 8"),
+                          ("random start, user-level DP-SGD ε = 8, stores' lr 1e-3",
+                           "pretrained by the platform, user-level DP-SGD ε = 8, stores' lr 1e-3")):
         a = {r["config"]["seed"]: r for r in by.get(base, [])}
         b = {r["config"]["seed"]: r for r in by.get(treated, [])}
         seeds = sorted(set(a) & set(b))
         if not seeds:
             continue
         d = [b[s]["last"]["hr10_full"] - a[s]["last"]["hr10_full"] for s in seeds]
-        gain = [b[s]["last"]["hr10_full"] - b[s]["rounds"][0]["hr10_full"] for s in seeds]
+        treated_seeds = sorted(b)
+        gain = [b[s]["last"]["hr10_full"] - b[s]["rounds"][0]["hr10_full"] for s in treated_seeds]
         out.append("")
         out.append(f"{treated} minus {base}, HR@10 after round 10, seed by seed: "
-                   f"{', '.join(f'{x:+.4f}' for x in d)} (mean {mean_std(d)[0]:+.4f}); what the stores' 10 rounds "
-                   f"add to the pretrained start: {', '.join(f'{x:+.4f}' for x in gain)} (mean {mean_std(gain)[0]:+.4f}).")
+                   f"{', '.join(f'{x:+.4f}' for x in d)} (seeds {', '.join(map(str, seeds))}, mean {mean_std(d)[0]:+.4f}); "
+                   f"what the stores' 10 rounds add to the pretrained start: {', '.join(f'{x:+.4f}' for x in gain)} "
+                   f"(seeds {', '.join(map(str, treated_seeds))}, mean {mean_std(gain)[0]:+.4f}).")
     return "\n".join(out) + "\n"
 
 
