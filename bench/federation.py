@@ -51,7 +51,13 @@ def local_only(benchmarks: str):
     return float(m.group(1)) if m else None
 
 
+# The sections a render may write (`--sections`); None: every one with reports.
+ONLY = None
+
+
 def replace_section(md: str, tag: str, table: str) -> str:
+    if ONLY is not None and tag not in ONLY:
+        return md
     begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
     block = f"{begin}\n{table}{end}"
     b, e = md.find(begin), md.find(end)
@@ -714,7 +720,12 @@ def main():
                     help="one folder of reports per seed; the first seed's also gives the detail tables")
     ap.add_argument("--benchmarks", type=Path, required=True)
     ap.add_argument("--note", default="", help="a sentence on how the runs were made (load, machine)")
+    ap.add_argument("--sections", default=None,
+                    help="comma-separated section tags to write (e.g. federation-pretrained); the others keep "
+                         "their text, notes included. Default: every section that has reports")
     args = ap.parse_args()
+    global ONLY
+    ONLY = set(args.sections.split(",")) if args.sections else None
     md = args.benchmarks.read_text() if args.benchmarks.exists() else "# Benchmarks\n"
     central = centralized(md)
     names = ["local", "fed_f32", "fed_f32_cos", "fed_f16", "fed_int8", "fed_dp8", "fed_central8", "fed_ft"]
