@@ -416,22 +416,26 @@ fn main() -> anyhow::Result<()> {
         })
         .filter(|s| s.shoppers > 0 && Some(s.index) != platform)
         .collect();
+    // The platform's shoppers' training sequences (every other shopper's empty, so that the
+    // split's case indices stay valid): what it pretrains and fine-tunes on.
+    let platform_sequences: Option<Vec<Vec<u32>>> = platform.map(|p| {
+        sequences
+            .iter()
+            .enumerate()
+            .map(|(s, seq)| {
+                if dataset.shoppers[s].store == p {
+                    seq.clone()
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect()
+    });
     // Transfer learning: the platform's own shoppers train the model the federation starts from.
-    let pretraining = match (cli.pretrain_epochs, platform) {
+    let pretraining = match (cli.pretrain_epochs, platform.zip(platform_sequences.as_deref())) {
         (0, _) => None,
         (_, None) => anyhow::bail!("--pretrain-epochs needs --platform-share: the platform pretrains on the shoppers it holds"),
-        (epochs, Some(p)) => {
-            let own: Vec<Vec<u32>> = sequences
-                .iter()
-                .enumerate()
-                .map(|(s, seq)| {
-                    if dataset.shoppers[s].store == p {
-                        seq.clone()
-                    } else {
-                        Vec::new()
-                    }
-                })
-                .collect();
+        (epochs, Some((p, own))) => {
             let config = TrainConfig {
                 epochs,
                 batch_size: 32,
@@ -451,7 +455,7 @@ fn main() -> anyhow::Result<()> {
                 shape,
                 &features,
                 &base,
-                &own,
+                own,
                 &split,
                 &cases_of(p, Holdout::Validation),
                 &config,
@@ -519,18 +523,7 @@ fn main() -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
     let pki_dir = pki::init(&work.path().join("platform"), &InitOptions::default())?;
     let (identity, trust) = pki_dir.aggregator_tls()?;
-    let fine_tuner: Option<Box<dyn FineTuner>> = platform.map(|p| {
-        let own: Vec<Vec<u32>> = sequences
-            .iter()
-            .enumerate()
-            .map(|(s, seq)| {
-                if dataset.shoppers[s].store == p {
-                    seq.clone()
-                } else {
-                    Vec::new()
-                }
-            })
-            .collect();
+    let fine_tuner: Option<Box<dyn FineTuner>> = platform.zip(platform_sequences.clone()).map(|(p, own)| {
         Box::new(FusionFineTuner::new(
             shape,
             &features,

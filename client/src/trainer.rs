@@ -13,13 +13,12 @@ use std::sync::{Arc, Mutex};
 use burn::module::Module;
 use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::tensor::Device;
-use fedfuse_data::evaluate::{EvalAccumulator, Holdout, evaluate_into};
 use fedfuse_data::split::Split;
 use fedfuse_model::catalog::{CatalogTensors, ItemFeatures, Vocabulary};
 use fedfuse_model::dpsgd::{DpSgdConfig, train_dp_sgd};
 use fedfuse_model::drift::{StepShift, shift_from_last_round};
 use fedfuse_model::dropout::seed_dropout_on_this_thread;
-use fedfuse_model::evaluate::FusedScorer;
+use fedfuse_model::evaluate::validation_hr10_ndcg10;
 use fedfuse_model::fit::{ModelShape, TITLE_LEN};
 use fedfuse_model::fused::{FusedConfig, FusedRecommender};
 use fedfuse_model::moments::{NamedMoments, export_moments, import_moments};
@@ -305,17 +304,7 @@ impl FusedTrainer {
     /// HR@10 and NDCG@10 by full ranking over this store's validation shoppers, and their count.
     fn validate(&self, model: &FusedRecommender) -> Option<(f64, f64, usize)> {
         let (split, cases) = self.data.validation.as_ref()?;
-        let mut acc = EvalAccumulator::default();
-        evaluate_into(
-            &mut FusedScorer::new(model, &self.eval_catalog),
-            split,
-            Holdout::Validation,
-            cases,
-            256,
-            &mut acc,
-        );
-        let e = acc.finish(10);
-        Some((e.full.overall.mean.hit_rate, e.full.overall.mean.ndcg, e.full.overall.cases))
+        Some(validation_hr10_ndcg10(model, &self.eval_catalog, split, cases))
     }
 }
 

@@ -4,7 +4,8 @@
 
 use burn::prelude::*;
 use burn::tensor::{Int, TensorData};
-use fedfuse_data::evaluate::{ScoreRows, Scorer};
+use fedfuse_data::evaluate::{EvalAccumulator, Holdout, ScoreRows, Scorer, evaluate_into};
+use fedfuse_data::split::Split;
 
 use crate::catalog::CatalogTensors;
 use crate::fused::{BRANCHES, FusedRecommender, Scores};
@@ -63,4 +64,26 @@ impl Scorer for FusedScorer<'_> {
                 .collect(),
         }
     }
+}
+
+/// HR@10 and NDCG@10 (full ranking) of `model` on the validation items of `cases` of `split`,
+/// and how many cases were scored: what the platform's pretraining and fine-tuning decide by and
+/// what a store reports of each model offered to it.
+pub fn validation_hr10_ndcg10(
+    model: &FusedRecommender,
+    catalog: &CatalogTensors,
+    split: &Split,
+    cases: &[usize],
+) -> (f64, f64, usize) {
+    let mut acc = EvalAccumulator::default();
+    evaluate_into(
+        &mut FusedScorer::new(model, catalog),
+        split,
+        Holdout::Validation,
+        cases,
+        256,
+        &mut acc,
+    );
+    let e = acc.finish(10);
+    (e.full.overall.mean.hit_rate, e.full.overall.mean.ndcg, e.full.overall.cases)
 }

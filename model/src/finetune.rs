@@ -8,11 +8,10 @@
 //! either way.
 
 use burn::prelude::*;
-use fedfuse_data::evaluate::{EvalAccumulator, Holdout, evaluate_into};
 use fedfuse_data::split::Split;
 
 use crate::catalog::CatalogTensors;
-use crate::evaluate::FusedScorer;
+use crate::evaluate::validation_hr10_ndcg10;
 use crate::fused::FusedRecommender;
 use crate::params::{export, import};
 use crate::train::{InvalidTrainConfig, TrainConfig, train};
@@ -32,20 +31,6 @@ pub struct FineTuneReport {
     pub seconds: f64,
 }
 
-fn validation(model: &FusedRecommender, catalog: &CatalogTensors, split: &Split, cases: &[usize]) -> (f64, f64) {
-    let mut acc = EvalAccumulator::default();
-    evaluate_into(
-        &mut FusedScorer::new(model, catalog),
-        split,
-        Holdout::Validation,
-        cases,
-        256,
-        &mut acc,
-    );
-    let e = acc.finish(10);
-    (e.full.overall.mean.hit_rate, e.full.overall.mean.ndcg)
-}
-
 /// Fine-tunes the fusion of `model` (plain device) on the platform's `sequences`, validated on
 /// `validation_cases` of `split`. `train_catalog` lives on the autodiff twin of the device of
 /// `eval_catalog`. Returns the model to publish.
@@ -61,7 +46,7 @@ pub fn fine_tune_fusion(
     train_config: &TrainConfig,
 ) -> Result<(FusedRecommender, FineTuneReport), InvalidTrainConfig> {
     let started = std::time::Instant::now();
-    let (hr0, ndcg0) = validation(model, eval_catalog, split, validation_cases);
+    let (hr0, ndcg0, _) = validation_hr10_ndcg10(model, eval_catalog, split, validation_cases);
     let device = train_catalog.category.device();
     let trainable = import(config.init(&device), &export(model)).expect("the same architecture");
     let tc = TrainConfig {
@@ -70,7 +55,7 @@ pub fn fine_tune_fusion(
     };
     let (tuned, _) = train(trainable, train_catalog, sequences, &tc, |_, _| true)?;
     let tuned = tuned.valid();
-    let (hr1, ndcg1) = validation(&tuned, eval_catalog, split, validation_cases);
+    let (hr1, ndcg1, _) = validation_hr10_ndcg10(&tuned, eval_catalog, split, validation_cases);
     let kept = ndcg1 >= ndcg0;
     let report = FineTuneReport {
         hr10_before: hr0,

@@ -7,10 +7,9 @@
 
 use burn::module::Module;
 use burn::tensor::Device;
-use fedfuse_data::evaluate::{EvalAccumulator, Holdout, evaluate_into};
 use fedfuse_data::split::Split;
-use fedfuse_model::catalog::{CatalogTensors, ItemFeatures};
-use fedfuse_model::evaluate::FusedScorer;
+use fedfuse_model::catalog::ItemFeatures;
+use fedfuse_model::evaluate::validation_hr10_ndcg10;
 use fedfuse_model::fit::{FitEpoch, ModelShape, TITLE_LEN, fit};
 use fedfuse_model::fused::FusedRecommender;
 use fedfuse_model::params::export;
@@ -64,7 +63,7 @@ pub fn pretrain(
     let train_device = device.clone().autodiff();
     let eval_catalog = features.to_tensors(vocabulary, device);
     let fresh = shape.config(&vocabulary).init(&train_device);
-    let validation_hr10_fresh = validation_hr10(&fresh.valid(), &eval_catalog, split, validation_cases);
+    let validation_hr10_fresh = validation_hr10_ndcg10(&fresh.valid(), &eval_catalog, split, validation_cases).0;
     let fitted = fit(
         fresh,
         &features.to_tensors(vocabulary, &train_device),
@@ -87,17 +86,4 @@ pub fn pretrain(
         epochs: fitted.epochs,
         model: fitted.model,
     })
-}
-
-fn validation_hr10(model: &FusedRecommender, catalog: &CatalogTensors, split: &Split, cases: &[usize]) -> f64 {
-    let mut acc = EvalAccumulator::default();
-    evaluate_into(
-        &mut FusedScorer::new(model, catalog),
-        split,
-        Holdout::Validation,
-        cases,
-        256,
-        &mut acc,
-    );
-    acc.finish(10).full.overall.mean.hit_rate
 }
