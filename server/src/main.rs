@@ -100,7 +100,7 @@ enum Command {
         /// Passes over the platform's shoppers at most.
         #[arg(long, default_value_t = 50)]
         epochs: usize,
-        /// Stop after this many epochs without a better validation HR@10.
+        /// Stop after this many epochs without a better validation HR@10 (ties go to NDCG@10).
         #[arg(long, default_value_t = 10)]
         patience: usize,
         /// Windows per batch (centralized training; the stores' batch is [plan] batch_size).
