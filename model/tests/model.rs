@@ -350,12 +350,14 @@ fn shuffling_same_time_events_teaches_the_pairs_and_not_their_id_order() {
         let (m, _) = train(m, &catalog, &sequences, &config, |_, _| true).expect("a valid config");
         partner_probabilities(&m.valid())
     };
-    assert_id_order_learnt_only_unshuffled("training", trained(false), trained(true));
+    assert_id_order_learnt_only_unshuffled("training", trained(false), trained(true), 0.1);
 }
 
 /// `kept` and `shuffled`: [`partner_probabilities`] after training in the split's order and
 /// with the runs shuffled.
-fn assert_id_order_learnt_only_unshuffled(trainer: &str, kept: (f64, f64), shuffled: (f64, f64)) {
+/// `max_kept_backward` bounds the partner's probability after the larger id in the split's
+/// order: a model that learnt no order puts ~0.5 there (the shuffled runs: 0.43–0.64).
+fn assert_id_order_learnt_only_unshuffled(trainer: &str, kept: (f64, f64), shuffled: (f64, f64), max_kept_backward: f64) {
     let ((kept_forward, kept_backward), (shuffled_forward, shuffled_backward)) = (kept, shuffled);
     eprintln!(
         "{trainer}, split order: {kept_forward:.3} / {kept_backward:.3}; shuffled: {shuffled_forward:.3} / {shuffled_backward:.3}"
@@ -363,7 +365,7 @@ fn assert_id_order_learnt_only_unshuffled(trainer: &str, kept: (f64, f64), shuff
     // In the split's order the model learns "the larger id follows": the partner is certain
     // after the smaller id and all but ruled out after the larger one.
     assert!(
-        kept_forward > 0.8 && kept_backward < 0.1,
+        kept_forward > 0.8 && kept_backward < max_kept_backward,
         "{trainer}: {kept_forward} / {kept_backward}"
     );
     // Shuffled, it learns that the two items go together, whichever comes first.
@@ -386,8 +388,12 @@ fn dp_sgd_with_the_shuffle_learns_the_pairs_in_both_orders() {
         // Every shopper every step, little noise and a loose clip: the private trainer's own
         // window draws and reordering, without the noise hiding what they teach. Its noise and
         // draws come from the operating system's entropy, as a release's must, so this test
-        // is not seeded: eight runs gave 0.992–0.998 / 0.000–0.020 in the split's order and
-        // 0.46–0.63 / 0.43–0.64 shuffled, inside the non-private trainer's bounds.
+        // is not seeded. Over 56 runs of this configuration the split's order gave ≥ 0.99
+        // forward and a backward probability of 0.000 in most runs but up to 0.241 in a few (one
+        // failed CI at the non-private test's bound of 0.1); 40 runs at σ = 1e-5 and 50 at 240
+        // steps kept that tail (up to 0.136, 0.141), so it comes from the draws, not the noise.
+        // Shuffled, the 50 counted runs gave 0.43–0.97 both ways, never more than 0.11 apart:
+        // the bound of 0.35 below still fails a model that learnt no order.
         let config = DpSgdConfig {
             sampling_rate: 1.0,
             noise_multiplier: 1e-3,
@@ -402,7 +408,7 @@ fn dp_sgd_with_the_shuffle_learns_the_pairs_in_both_orders() {
         let (m, _) = train_dp_sgd(m, &catalog, &sequences, &config).expect("a valid config");
         partner_probabilities(&m.valid())
     };
-    assert_id_order_learnt_only_unshuffled("DP-SGD", trained(false), trained(true));
+    assert_id_order_learnt_only_unshuffled("DP-SGD", trained(false), trained(true), 0.35);
     // Runs found in other sequences are refused, as the non-private trainer refuses them.
     let device = Device::flex().autodiff();
     let (m, catalog) = model(&device, 5);
