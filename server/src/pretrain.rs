@@ -11,7 +11,6 @@ use fedfuse_data::split::Split;
 use fedfuse_model::catalog::ItemFeatures;
 use fedfuse_model::evaluate::validation_hr10_ndcg10;
 use fedfuse_model::fit::{FitEpoch, ModelShape, TITLE_LEN, fit};
-use fedfuse_model::fused::FusedRecommender;
 use fedfuse_model::params::export;
 use fedfuse_model::train::{InvalidTrainConfig, TrainConfig};
 
@@ -29,8 +28,6 @@ pub enum PretrainError {
 pub struct Pretrained {
     pub layout: ModelLayout,
     pub params: Vec<f32>,
-    /// The kept model, on the plain device.
-    pub model: FusedRecommender,
     /// The kept epoch, 1-based.
     pub best_epoch: usize,
     pub epochs: Vec<FitEpoch>,
@@ -84,6 +81,5 @@ pub fn pretrain(
         validation_hr10_fresh,
         seconds: fitted.train_seconds,
         epochs: fitted.epochs,
-        model: fitted.model,
     })
 }
