@@ -56,6 +56,10 @@
 #   fed_dp8_p10, fed_dp8_p10pt  the same two with user-level DP-SGD in every store, ε = 8, δ = 1e-4
 #   fed_dp8_p10_lr1, fed_dp8_p10pt_lr1  those two at the stores' lr 1e-3 (3e-3 above)
 #   fed_dp8_p10pt_q1  fed_dp8_p10pt with every shopper of a store in every DP-SGD step (q = 1)
+#   fed_dp8_p10pt_fusion  fed_dp8_p10pt with the stores training the fusion alone (--train-only
+#              fusion: α, the content scale and the MLP head), the rest kept as pretrained
+#   fed_dp8_p10pt_dense  the same with the sequence encoder trained too (--train-only fusion,sequence.)
+#   fed_p10pt_fusion  fed_p10pt (no DP) training the fusion alone: what the subset can give
 #   local      train_centralized --mode local-only: every store trains alone on its shoppers
 # The centralized reference is the fused row of the quality table (`cargo bench --bench quality`).
 set -euo pipefail
@@ -74,7 +78,7 @@ if [[ ! -f "$DATA/u.data" ]]; then
   echo "skipping: no MovieLens-100K at $DATA (GroupLens terms forbid shipping it)" >&2
   exit 0
 fi
-only="fed_f32,fed_exact,fed_exact40,fed_e1x40,fed_e3,fed_e4x30,fed_e3d04,fed_e3nest,fed_e3forget,fed_e3pm,fed_e2,fed_e2b4,fed_e2lr5,fed_e2ctx25,fed_e3ctx25,fed_e2ctx25tie,fed_e3ctx25tie,fed_e4ctx25tie,fed_pool_e2,fed_b32e4,fed_tail30,fed_rounds40,fed_hold40,fed_slr15,fed_slr20,fed_m05,fed_prox01,fed_drift,fed_slr15x30,fed_f32_cos,fed_f16,fed_int8,fed_dp8,fed_central8,fed_ft,fed_p10,fed_p10pt,fed_dp8_p10,fed_dp8_p10pt,fed_dp8_p10_lr1,fed_dp8_p10pt_lr1,fed_dp8_p10pt_q1,local"
+only="fed_f32,fed_exact,fed_exact40,fed_e1x40,fed_e3,fed_e4x30,fed_e3d04,fed_e3nest,fed_e3forget,fed_e3pm,fed_e2,fed_e2b4,fed_e2lr5,fed_e2ctx25,fed_e3ctx25,fed_e2ctx25tie,fed_e3ctx25tie,fed_e4ctx25tie,fed_pool_e2,fed_b32e4,fed_tail30,fed_rounds40,fed_hold40,fed_slr15,fed_slr20,fed_m05,fed_prox01,fed_drift,fed_slr15x30,fed_f32_cos,fed_f16,fed_int8,fed_dp8,fed_central8,fed_ft,fed_p10,fed_p10pt,fed_dp8_p10,fed_dp8_p10pt,fed_dp8_p10_lr1,fed_dp8_p10pt_lr1,fed_dp8_p10pt_q1,fed_dp8_p10pt_fusion,fed_dp8_p10pt_dense,fed_p10pt_fusion,local"
 case "${1:-}" in
   --only) only="$2" ;;
   --render) only="" ;;
@@ -148,6 +152,12 @@ for run in ${only//,/ }; do
       --target-epsilon 8 --delta 1e-4 --pretrain-epochs 50 --dp-batch 1000 ;;
     fed_dp8_p10pt) quickstart fed_dp8_p10pt --rounds 10 --encoding f32 --lr-schedule constant --platform-share 0.1 \
       --target-epsilon 8 --delta 1e-4 --pretrain-epochs 50 ;;
+    fed_dp8_p10pt_fusion) quickstart fed_dp8_p10pt_fusion --rounds 10 --encoding f32 --lr-schedule constant --platform-share 0.1 \
+      --target-epsilon 8 --delta 1e-4 --pretrain-epochs 50 --train-only fusion ;;
+    fed_dp8_p10pt_dense) quickstart fed_dp8_p10pt_dense --rounds 10 --encoding f32 --lr-schedule constant --platform-share 0.1 \
+      --target-epsilon 8 --delta 1e-4 --pretrain-epochs 50 --train-only fusion,sequence. ;;
+    fed_p10pt_fusion) quickstart fed_p10pt_fusion --rounds 10 --encoding f32 --lr-schedule constant --platform-share 0.1 \
+      --pretrain-epochs 50 --train-only fusion ;;
     local)
       echo "== local, seed $SEED" >&2
       cargo run --release --quiet --example train_centralized -- --data "movielens:$DATA" \

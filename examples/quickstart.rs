@@ -29,6 +29,7 @@ use fedfuse_data::synthetic::SyntheticConfig;
 use fedfuse_model::catalog::ItemFeatures;
 use fedfuse_model::device::{self, DeviceChoice};
 use fedfuse_model::evaluate::FusedScorer;
+use fedfuse_model::finetune::FUSION_PARAMETERS;
 use fedfuse_model::fit::{ModelShape, TITLE_LEN};
 use fedfuse_model::params::{import, unflatten};
 use fedfuse_model::sequence::EncoderKind;
@@ -156,6 +157,14 @@ struct Cli {
     /// No store's data is read, so it costs no store any privacy. 0: a random start.
     #[arg(long, default_value_t = 0)]
     pretrain_epochs: usize,
+    /// The parameters every store trains, as comma-separated path prefixes ("head_,alpha",
+    /// "sequence.", "items.id"), or `fusion` for the fusion weights and MLP head the platform
+    /// fine-tunes; the rest stay as the federation started. Every parameter when absent. Under
+    /// user-level DP a store's noise grows with the square root of what it trains, so with
+    /// --pretrain-epochs `--train-only fusion` lets private stores adapt a few thousand
+    /// parameters of the platform's model instead of burying all of them in noise.
+    #[arg(long, value_delimiter = ',')]
+    train_only: Vec<String>,
     /// FedProx: the weight μ of the proximal term (μ/2)·‖w − w_global‖² that each store adds
     /// to its local loss, which holds its steps near the model it was offered (0: plain local
     /// training).
@@ -383,6 +392,20 @@ fn main() -> anyhow::Result<()> {
     let layout = ModelLayout::of_params(&start);
     let mut initial: Vec<f32> = start.iter().flat_map(|p| p.values.iter().copied()).collect();
     let dims = initial.len();
+    let trainable: Vec<String> = cli
+        .train_only
+        .iter()
+        .flat_map(|p| match p.as_str() {
+            "fusion" => FUSION_PARAMETERS.map(String::from).to_vec(),
+            other => vec![other.to_owned()],
+        })
+        .collect();
+    let trained_values = layout
+        .trained_values(&trainable)
+        .map_err(|e| anyhow::anyhow!("--train-only: {e}"))?;
+    if !trainable.is_empty() {
+        eprintln!("the stores train {trained_values} of the model's {dims} parameters: {trainable:?}");
+    }
     let sequences = split.train_sequences();
     let same_time = cli.shuffle_same_time.then(|| Arc::new(SameTimeRuns::from_split(&split)));
     if let Some(runs) = &same_time {
@@ -620,6 +643,7 @@ fn main() -> anyhow::Result<()> {
                     max_sampling_rate: 1.0,
                     delta: cli.delta,
                 }),
+                trainable: trainable.clone(),
             },
             schedule: if cli.lr_schedule == "constant" {
                 LearningRateSchedule::Constant
@@ -990,7 +1014,7 @@ fn main() -> anyhow::Result<()> {
             "config": {"rounds": cli.rounds, "local_epochs": cli.local_epochs, "local_steps": cli.local_steps, "lr": cli.lr, "lr_schedule": cli.lr_schedule, "min_lr_fraction": cli.min_lr_fraction, "lr_hold_fraction": cli.lr_hold_fraction, "batch_size": cli.batch_size,
                 "server_optimizer": cli.server_optimizer, "server_lr": cli.server_lr, "server_momentum": cli.server_momentum, "server_nesterov": cli.server_nesterov, "proximal_mu": cli.proximal_mu, "drift_correction": cli.drift_correction, "in_batch": cli.in_batch, "uniform": cli.uniform, "window_stride": cli.window_stride, "shuffle_same_time": cli.shuffle_same_time, "encoding": cli.encoding,
                 "dim": cli.dim, "max_len": cli.max_len, "head": cli.head, "dropout": cli.dropout, "seed": cli.seed,
-                "target_epsilon": cli.target_epsilon, "store_level_epsilon": cli.store_level_epsilon, "delta": cli.delta, "platform_share": cli.platform_share, "pretrain_epochs": cli.pretrain_epochs, "pool_stores": cli.pool_stores, "pool_moments": cli.pool_moments, "forget_optimizer": cli.forget_optimizer, "serve": format!("{:?}", cli.serve)},
+                "target_epsilon": cli.target_epsilon, "store_level_epsilon": cli.store_level_epsilon, "delta": cli.delta, "platform_share": cli.platform_share, "pretrain_epochs": cli.pretrain_epochs, "train_only": trainable, "trained_parameters": trained_values, "pool_stores": cli.pool_stores, "pool_moments": cli.pool_moments, "forget_optimizer": cli.forget_optimizer, "serve": format!("{:?}", cli.serve)},
             "rounds": rounds,
             "pretraining": pretraining,
             "fine_tuning": service_report.fine_tuning.iter().map(|(r, m)| json!({"round": r,

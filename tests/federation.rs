@@ -114,6 +114,7 @@ fn options_with(policy: RoundPolicy, schedule: LearningRateSchedule) -> ServiceO
             proximal_mu: None,
             update_encoding: UpdateEncoding::Dense(ValueEncoding::F32),
             dp: None,
+            trainable: Vec::new(),
         },
         schedule,
         capabilities: caps(),

@@ -74,6 +74,7 @@ fn offer(round_id: u64, model: ModelManifest) -> RoundOffer {
                 max_sampling_rate: 0.01,
                 delta: 1e-5,
             }),
+            trainable: vec!["head_".into(), "alpha".into()],
         },
         deadline_unix_ms: 4_000_000_000_000,
     }

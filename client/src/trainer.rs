@@ -22,7 +22,7 @@ use fedfuse_model::evaluate::validation_hr10_ndcg10;
 use fedfuse_model::fit::{ModelShape, TITLE_LEN};
 use fedfuse_model::fused::{FusedConfig, FusedRecommender};
 use fedfuse_model::moments::{NamedMoments, export_moments, import_moments};
-use fedfuse_model::params::{export, import, unflatten};
+use fedfuse_model::params::{export, import, selected, unflatten};
 use fedfuse_model::train::{TrainConfig, train_with};
 use fedfuse_model::window::{CandidateConfig, SameTimeRuns};
 use fedfuse_privacy::noise::GridGaussian;
@@ -146,8 +146,9 @@ pub struct FusedTrainer {
     same_time: Option<Arc<SameTimeRuns>>,
     seed: u64,
     dp: Option<UserLevelDp>,
-    /// Parameters in the model (the dimension the noise-grid rounding is charged for).
-    dims: usize,
+    /// Every parameter's path and size: a plan's trained subset is counted on it (the
+    /// dimension the noise-grid rounding is charged for).
+    layout: Vec<(String, usize)>,
     /// Correct this store's drift (`fedfuse_model::drift`) in non-private rounds.
     drift_correction: bool,
     drift_memory: Option<DriftMemory>,
@@ -163,7 +164,10 @@ impl FusedTrainer {
         let train_device = device.clone().autodiff();
         let config = shape.config(&vocabulary);
         Self {
-            dims: config.init(&device).num_params(),
+            layout: export(&config.init(&device))
+                .into_iter()
+                .map(|p| (p.name, p.values.len()))
+                .collect(),
             config,
             shape,
             train_catalog: data.features.to_tensors(vocabulary, &train_device),
@@ -236,6 +240,27 @@ impl FusedTrainer {
         export(&shape.config(&features.vocabulary(TITLE_LEN)).init(device))
     }
 
+    /// Parameters the plan's `trainable` prefixes select (all of them when it names none).
+    fn trained_params(&self, trainable: &[String]) -> usize {
+        self.layout
+            .iter()
+            .filter(|(name, _)| selected(name, trainable))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// A plan whose trained subset selects nothing in this store's model (another model's
+    /// names, a typo) is refused rather than trained as a no-op.
+    fn check_trainable(&self, plan: &TrainingPlan) -> Result<usize, String> {
+        match self.trained_params(&plan.trainable) {
+            0 => Err(format!(
+                "the plan trains {:?}, which names no parameter of this store's model",
+                plan.trainable
+            )),
+            n => Ok(n),
+        }
+    }
+
     fn shoppers(&self) -> usize {
         self.data.sequences.iter().filter(|s| s.len() > 1).count()
     }
@@ -272,7 +297,8 @@ impl FusedTrainer {
             }
             let steps = steps as usize;
             let grid = fedfuse_privacy::noise::DEFAULT_GRID_EXPONENT;
-            let dims = self.dims;
+            // Only the trained coordinates are noised and released.
+            let dims = self.check_trainable(plan)?;
             if let Some(req) = &plan.dp {
                 // What is charged (and what the aggregator checks) is σ over the sensitivity
                 // after rounding to the noise grid, a little above the clip norm: ask for that
@@ -295,6 +321,7 @@ impl FusedTrainer {
                 negatives: dp.negatives,
                 grid_exponent: grid,
                 shuffle_same_time: self.same_time.clone(),
+                trainable: plan.trainable.clone(),
                 ..DpSgdConfig::default()
             };
             Ok((config, release))
@@ -314,6 +341,9 @@ impl LocalTrainer for FusedTrainer {
     }
 
     fn refuses(&self, round_id: u64, plan: &TrainingPlan) -> Option<String> {
+        if let Err(e) = self.check_trainable(plan) {
+            return Some(e);
+        }
         match self.dp_round(round_id, plan)? {
             Err(e) => Some(e),
             Ok((_, release)) => self
@@ -392,6 +422,7 @@ impl LocalTrainer for FusedTrainer {
                     proximal_mu: f64::from(plan.proximal_mu.unwrap_or(0.0)),
                     seed,
                     step_shift,
+                    trainable: plan.trainable.clone(),
                     ..TrainConfig::default()
                 };
                 let (model, reports) = train_with(
@@ -491,6 +522,7 @@ impl LocalTrainer for FusedTrainer {
 mod tests {
     use super::*;
     use fedfuse_model::sequence::EncoderKind;
+    use fedfuse_protocol::msgs::{DpRequirement, NoiseMode, PrivacyUnit};
     use fedfuse_protocol::tensor::{UpdateEncoding, ValueEncoding};
 
     fn tiny_store(seed: u64) -> FusedTrainer {
@@ -528,6 +560,7 @@ mod tests {
             proximal_mu: None,
             update_encoding: UpdateEncoding::Dense(ValueEncoding::F32),
             dp: None,
+            trainable: Vec::new(),
         }
     }
 
@@ -631,7 +664,7 @@ mod tests {
         };
         let (config, release) = store.dp_round(1, &plan).expect("a DP store").expect("a release");
         assert_eq!(config.clip_norm, 0.01);
-        let inflation = fedfuse_privacy::noise::grid_inflation(0.01, store.dims, config.grid_exponent);
+        let inflation = fedfuse_privacy::noise::grid_inflation(0.01, store.trained_params(&[]), config.grid_exponent);
         assert!(inflation > 1.001, "the rounding's share is visible: {inflation}");
         assert!(
             (config.noise_multiplier - inflation).abs() < 1e-12,
@@ -742,5 +775,59 @@ mod tests {
                 .count();
             assert_eq!(differing, 0, "coordinates that changed beside other stores");
         }
+    }
+
+    /// A plan that trains only the fusion: plain and DP-SGD rounds send a delta that is zero
+    /// on every other parameter, the DP round sizes its noise-grid charge by the trained
+    /// coordinates only, and a plan naming no parameter of the model is refused.
+    #[test]
+    fn a_plan_training_only_the_fusion_changes_only_the_fusion() {
+        let start = tiny_initial_model();
+        let (shapes, flat) = layout_and_values(&start);
+        let fusion: Vec<String> = fedfuse_model::finetune::FUSION_PARAMETERS.map(String::from).to_vec();
+        let plan = TrainingPlan {
+            trainable: fusion.clone(),
+            ..plan()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let dp_plan = TrainingPlan {
+            work: LocalWork::Steps(3),
+            dp: Some(DpRequirement {
+                unit: PrivacyUnit::Shopper,
+                noise_mode: NoiseMode::Local,
+                min_noise_multiplier: 1.0,
+                max_clip_norm: 1.0,
+                max_sampling_rate: 1.0,
+                delta: 1e-5,
+            }),
+            ..plan.clone()
+        };
+        let mut dp = dp_store(dir.path(), 1e-5, 1.0, 1.0);
+        let (config, _) = dp.dp_round(1, &dp_plan).expect("a DP store").expect("a release");
+        assert_eq!(config.trainable, fusion);
+        let trained = dp.trained_params(&fusion);
+        let all = dp.trained_params(&[]);
+        assert!(trained > 0 && trained < all / 2, "{trained} fusion parameters of {all}");
+        for (store, plan) in [(&mut tiny_store(1), &plan), (&mut dp, &dp_plan)] {
+            let delta = store.train(1, &shapes, &flat, plan).expect("trains").delta;
+            let mut offset = 0;
+            let mut moved = 0;
+            for p in &start {
+                let d = &delta[offset..offset + p.values.len()];
+                offset += p.values.len();
+                if selected(&p.name, &fusion) {
+                    moved += usize::from(d.iter().any(|v| *v != 0.0));
+                } else {
+                    assert!(d.iter().all(|v| *v == 0.0), "{} moved (DP: {})", p.name, plan.dp.is_some());
+                }
+            }
+            assert!(moved >= 4, "the fusion moved in {moved} tensors (DP: {})", plan.dp.is_some());
+        }
+        let typo = TrainingPlan {
+            trainable: vec!["heads".into()],
+            ..plan
+        };
+        let refusal = tiny_store(1).refuses(1, &typo).expect("refused");
+        assert!(refusal.contains("names no parameter"), "{refusal}");
     }
 }

@@ -39,6 +39,7 @@ use rand_chacha::ChaCha20Rng;
 
 use crate::catalog::CatalogTensors;
 use crate::fused::FusedRecommender;
+use crate::params::selected;
 use crate::train::{Objective, objective_loss};
 use crate::window::{CandidateConfig, SameTimeRuns, SplitMix, TrainBatch, Window, batch, windows};
 
@@ -79,6 +80,13 @@ pub struct DpSgdConfig {
     /// clipped per-shopper gradient still depends on that shopper alone: the sensitivity, and
     /// so the privacy charged, is unchanged.
     pub shuffle_same_time: Option<Arc<SameTimeRuns>>,
+    /// Path prefixes of the parameters trained (empty: all). Clipping, noise and the step
+    /// cover only these, the rest stay exactly as they were: the noise a step adds grows with
+    /// the square root of the coordinates it covers while a clipped gradient's norm does not,
+    /// so a private store adapting a few thousand parameters of a pretrained model sees a
+    /// signal that noise over all of them would bury. What is released is still one Gaussian
+    /// mechanism per step at sensitivity C: the accounting does not change.
+    pub trainable: Vec<String>,
 }
 
 impl Default for DpSgdConfig {
@@ -95,6 +103,7 @@ impl Default for DpSgdConfig {
             objective: Objective::SampledSoftmax,
             grid_exponent: fedfuse_privacy::noise::DEFAULT_GRID_EXPONENT,
             shuffle_same_time: None,
+            trainable: Vec::new(),
         }
     }
 }
@@ -150,14 +159,15 @@ fn indices<const D: usize>(t: &Tensor<D, Int>) -> Vec<usize> {
         .collect()
 }
 
-/// Makes one copy per shopper of every parameter outside the item tables, as leaves.
-struct PerShopper {
+/// Makes one copy per shopper of every trained parameter outside the item tables, as leaves.
+struct PerShopper<'a> {
     shoppers: usize,
+    trainable: &'a [String],
     path: Vec<String>,
     failed: Option<String>,
 }
 
-impl ModuleMapper for PerShopper {
+impl ModuleMapper for PerShopper<'_> {
     fn enter_module(&mut self, name: &str, _container: &str) {
         self.path.push(name.to_owned());
     }
@@ -165,7 +175,7 @@ impl ModuleMapper for PerShopper {
         self.path.pop();
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if self.path.first().is_some_and(|p| p == "items") {
+        if self.path.first().is_some_and(|p| p == "items") || !selected(&self.path.join("."), self.trainable) {
             return param;
         }
         let t = param.val();
@@ -179,9 +189,10 @@ impl ModuleMapper for PerShopper {
     }
 }
 
-/// Reads the per-shopper gradients of the expanded model's dense leaves.
+/// Reads the per-shopper gradients of the expanded model's trained dense leaves.
 struct DenseGrads<'a> {
     grads: &'a burn::tensor::Gradients,
+    trainable: &'a [String],
     path: Vec<String>,
     out: Vec<(String, Vec<usize>, Vec<f32>)>,
 }
@@ -194,7 +205,7 @@ impl ModuleVisitor for DenseGrads<'_> {
         self.path.pop();
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if self.path.first().is_some_and(|p| p == "items") {
+        if self.path.first().is_some_and(|p| p == "items") || !selected(&self.path.join("."), self.trainable) {
             return;
         }
         let t = param.val();
@@ -227,15 +238,17 @@ impl ModuleVisitor for Ids {
     }
 }
 
-/// The vectors as leaves: expanded to `shoppers` copies first when shared by the batch.
-fn leaves(vectors: crate::item_tower::ItemVectors, expand: Option<usize>) -> crate::item_tower::ItemVectors {
+/// The vectors as leaves (constants when no table is trained): expanded to `shoppers` copies
+/// first when shared by the batch.
+fn leaves(vectors: crate::item_tower::ItemVectors, expand: Option<usize>, grad: bool) -> crate::item_tower::ItemVectors {
     // Expanding happens on the plain tensor: a leaf must not be the output of an op.
     let leaf = |t: Tensor<3>| {
         let mut shape = t.dims();
         if let Some(b) = expand {
             shape[0] = b;
         }
-        Tensor::from_inner(t.inner().expand(shape)).require_grad()
+        let leaf = Tensor::from_inner(t.inner().expand(shape));
+        if grad { leaf.require_grad() } else { leaf }
     };
     crate::item_tower::ItemVectors {
         id: leaf(vectors.id),
@@ -249,13 +262,15 @@ fn table_sizes(model: &FusedRecommender) -> [usize; 6] {
 }
 
 /// Each shopper's gradient of its own mean loss over its window's predictions, for the
-/// shoppers (rows) of `batch`, in one forward and one backward pass. `model` lives on an
+/// shoppers (rows) of `batch`, in one forward and one backward pass, over the parameters
+/// `trainable` selects (all when empty; see [`DpSgdConfig::trainable`]). `model` lives on an
 /// autodiff device.
 pub fn shopper_gradients(
     model: &FusedRecommender,
     catalog: &CatalogTensors,
     batch: &TrainBatch,
     objective: Objective,
+    trainable: &[String],
 ) -> Result<ShopperGradients, DpSgdError> {
     if model.sequence.is_lstm() {
         return Err(DpSgdError::Unsupported(
@@ -265,6 +280,7 @@ pub fn shopper_gradients(
     let b = batch.history.dims()[0];
     let mut expand = PerShopper {
         shoppers: b,
+        trainable,
         path: Vec::new(),
         failed: None,
     };
@@ -279,10 +295,12 @@ pub fn shopper_gradients(
     let history = model.items.rows(batch.history.clone(), catalog);
     let targets = model.items.rows(batch.target.clone(), catalog);
     let candidates = model.items.rows(batch.candidates.clone(), catalog);
+    let tables_trained = TABLES.map(|t| selected(t, trainable));
+    let any_table = tables_trained.iter().any(|t| *t);
     let (history_v, targets_v, candidates_v) = (
-        leaves(history.vectors(), None),
-        leaves(targets.vectors(), None),
-        leaves(candidates.vectors(), Some(b)),
+        leaves(history.vectors(), None, any_table),
+        leaves(targets.vectors(), None, any_table),
+        leaves(candidates.vectors(), Some(b), any_table),
     );
     let states = expanded.encode_vectors(batch.history.clone(), &history_v);
     let positive = expanded.score_pairs(&states, &targets_v).fused - batch.log_q_target.clone();
@@ -296,17 +314,19 @@ pub fn shopper_gradients(
 
     let mut dense = DenseGrads {
         grads: &grads,
+        trainable,
         path: Vec::new(),
         out: Vec::new(),
     };
     expanded.visit(&mut dense);
     let dim = model.items.id.weight.dims()[1];
     let mut rows = Vec::new();
-    for (source, vectors, shared) in [
+    let sources = [
         (&history, &history_v, false),
         (&targets, &targets_v, false),
         (&candidates, &candidates_v, true),
-    ] {
+    ];
+    for (source, vectors, shared) in sources.into_iter().filter(|_| any_table) {
         let idx = &source.indices;
         let n = vectors.id.dims()[1];
         let grad = |t: &Tensor<3>| t.grad(&grads).map(values).unwrap_or_else(|| vec![0.0; b * n * dim]);
@@ -339,6 +359,7 @@ pub fn shopper_gradients(
             });
         }
     }
+    rows.retain(|r| tables_trained[r.table]);
     Ok(ShopperGradients {
         shoppers: b,
         loss_sum,
@@ -505,7 +526,9 @@ fn register(grads: &mut GradientsParams, id: ParamId, shape: &[usize], values: V
 /// One DP-SGD step at a time: clip per shopper, sum, noise every coordinate, divide by the
 /// expected batch size, and step AdamW (the noisy gradient is all the optimiser ever sees).
 pub struct DpSgdStepper {
+    /// The trained parameters: only these are clipped, noised and stepped.
     ids: Vec<(String, ParamId, Vec<usize>)>,
+    trainable: Vec<String>,
     noise: GridGaussian,
     /// The next step's noise for every parameter, drawn while this step's gradients compute.
     prefetch: NoisePrefetch,
@@ -531,12 +554,24 @@ impl DpSgdStepper {
     pub fn new(model: &FusedRecommender, config: &DpSgdConfig, expected_batch: f64, device: &Device) -> Result<Self, DpSgdError> {
         let mut ids = Ids::default();
         model.visit(&mut ids);
-        let mut ids: Vec<(String, ParamId, Vec<usize>)> = ids.out.into_iter().map(|(p, (id, s))| (p, id, s)).collect();
+        let mut ids: Vec<(String, ParamId, Vec<usize>)> = ids
+            .out
+            .into_iter()
+            .filter(|(p, _)| selected(p, &config.trainable))
+            .map(|(p, (id, s))| (p, id, s))
+            .collect();
+        if ids.is_empty() {
+            return Err(DpSgdError::Invalid(format!(
+                "no parameter of the model starts with any of {:?}",
+                config.trainable
+            )));
+        }
         ids.sort_by(|a, b| a.0.cmp(&b.0));
         let noise = GridGaussian::new(config.noise_multiplier * config.clip_norm, config.grid_exponent)?;
         let params: usize = ids.iter().map(|(_, _, shape)| shape.iter().product::<usize>()).sum();
         Ok(Self {
             ids,
+            trainable: config.trainable.clone(),
             prefetch: NoisePrefetch::spawn(noise, params),
             noise,
             clip_norm: config.clip_norm,
@@ -559,7 +594,7 @@ impl DpSgdStepper {
         let mut stats = StepStats::default();
         let mut sums: HashMap<String, Vec<f32>> = HashMap::new();
         if let Some(b) = batch {
-            let g = shopper_gradients(&model, catalog, b, self.objective)?;
+            let g = shopper_gradients(&model, catalog, b, self.objective, &self.trainable)?;
             let (s, norms) = g.clipped_sum(self.clip_norm);
             stats = StepStats {
                 shoppers: norms.len(),

@@ -42,6 +42,12 @@ impl ModuleVisitor for Export {
     }
 }
 
+/// Whether the parameter at `path` is one `prefixes` select (a plan's or fine-tuning's list
+/// of path prefixes, as in `"head_"` or `"sequence."`); an empty list selects every parameter.
+pub fn selected(path: &str, prefixes: &[String]) -> bool {
+    prefixes.is_empty() || prefixes.iter().any(|p| path.starts_with(p.as_str()))
+}
+
 /// Every float parameter of `module`, in traversal order.
 pub fn export<M: Module>(module: &M) -> Vec<NamedParam> {
     let mut e = Export::default();

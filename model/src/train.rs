@@ -271,8 +271,7 @@ fn trainable_ids(model: &FusedRecommender, prefixes: &[String]) -> Option<Vec<bu
             self.path.pop();
         }
         fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
-            let path = self.path.join(".");
-            if self.prefixes.iter().any(|p| path.starts_with(p.as_str())) {
+            if crate::params::selected(&self.path.join("."), self.prefixes) {
                 self.out.push(param.id);
             }
         }

@@ -116,7 +116,7 @@ fn one_pass_per_shopper_gradients_equal_the_oracle() {
         let device = Device::flex().autodiff();
         let (m, catalog) = model(&device);
         let full = sample_batch(&device);
-        let g = shopper_gradients(&m, &catalog, &full, objective).unwrap();
+        let g = shopper_gradients(&m, &catalog, &full, objective, &[]).unwrap();
         assert_eq!(g.shoppers, 3);
         let norms = g.norms();
         let mut expected_sum: HashMap<String, Vec<f32>> = HashMap::new();
@@ -179,7 +179,7 @@ fn dp_sgd_refuses_the_lstm_and_bad_settings() {
     .init(&device);
     let catalog = f.to_tensors(vocabulary, &device);
     let full = sample_batch(&device);
-    assert!(shopper_gradients(&lstm, &catalog, &full, Objective::SampledSoftmax).is_err());
+    assert!(shopper_gradients(&lstm, &catalog, &full, Objective::SampledSoftmax, &[]).is_err());
     let (m, catalog) = model(&device);
     let bad = DpSgdConfig {
         sampling_rate: 0.0,
@@ -211,4 +211,88 @@ fn dp_sgd_steps_change_the_model_and_report_clipping() {
     for (a, b) in before.iter().zip(&after) {
         assert_ne!(a.values, b.values, "{} unchanged", a.name);
     }
+}
+
+/// A trained subset (a dense layer, the fusion weights, one content table): each shopper's
+/// gradient and norm are the oracle's restricted to the subset, so clipping measures only
+/// what is released; the other parameters get no gradient at all.
+#[test]
+fn per_shopper_gradients_of_a_subset_are_the_oracles_restricted_to_it() {
+    let device = Device::flex().autodiff();
+    let (m, catalog) = model(&device);
+    let full = sample_batch(&device);
+    let subset: Vec<String> = ["head_", "alpha", "items.category"].map(String::from).to_vec();
+    let is_selected = |path: &str| fedfuse_model::params::selected(path, &subset);
+    let g = shopper_gradients(&m, &catalog, &full, Objective::SampledSoftmax, &subset).unwrap();
+    let norms = g.norms();
+    for (b, &norm_b) in norms.iter().enumerate() {
+        let want = oracle(&m, &catalog, &full, b, Objective::SampledSoftmax);
+        let got = g.of_shopper(b);
+        let mut total2 = 0.0;
+        let mut compared = 0;
+        for (path, w) in &want {
+            match got.get(path) {
+                Some(x) if is_selected(path) => {
+                    let diff: Vec<f32> = x.iter().zip(w).map(|(a, b)| a - b).collect();
+                    assert!(norm(&diff) <= 1e-4 * norm(w).max(1e-6), "shopper {b} {path}");
+                    total2 += norm(w).powi(2);
+                    compared += 1;
+                }
+                // The item tables are always listed; an untrained one carries zeros.
+                Some(x) => assert!(x.iter().all(|v| *v == 0.0), "{path} is not trained"),
+                None => assert!(!is_selected(path), "{path} is trained but has no gradient"),
+            }
+        }
+        assert!(compared >= 5, "head layers, α and the category table: {compared}");
+        let restricted = total2.sqrt();
+        assert!(restricted > 0.0);
+        assert!(
+            (norm_b - restricted).abs() <= 1e-4 * restricted,
+            "shopper {b}: {norm_b} vs the oracle's {restricted} over the subset"
+        );
+        let whole: f64 = want.values().map(|w| norm(w).powi(2)).sum::<f64>().sqrt();
+        assert!(
+            norm_b < 0.99 * whole,
+            "the subset's norm {norm_b} is below the whole gradient's {whole}"
+        );
+    }
+}
+
+/// DP-SGD on the fusion alone: the fusion moves (noise reaches it), every other parameter is
+/// bit for bit the one it started from; a subset that names no parameter is an error.
+#[test]
+fn dp_sgd_on_a_subset_leaves_every_other_parameter_as_it_was() {
+    let device = Device::flex().autodiff();
+    let (m, catalog) = model(&device);
+    let before = fedfuse_model::params::export(&m);
+    let fusion: Vec<String> = fedfuse_model::finetune::FUSION_PARAMETERS.map(String::from).to_vec();
+    let config = DpSgdConfig {
+        sampling_rate: 1.0,
+        noise_multiplier: 0.5,
+        clip_norm: 1e-3,
+        steps: 3,
+        max_len: 6,
+        negatives: 5,
+        trainable: fusion.clone(),
+        ..DpSgdConfig::default()
+    };
+    let (m, report) = train_dp_sgd(m.clone(), &catalog, &sequences(), &config).unwrap();
+    assert_eq!(report.sampled, 9);
+    let after = fedfuse_model::params::export(&m);
+    let mut moved = 0;
+    for (a, b) in before.iter().zip(&after) {
+        if fedfuse_model::params::selected(&a.name, &fusion) {
+            assert_ne!(a.values, b.values, "{} is trained but unchanged", a.name);
+            moved += 1;
+        } else {
+            assert_eq!(a.values, b.values, "{} is not trained but moved", a.name);
+        }
+    }
+    assert!(moved >= 6, "α, the content scale and the head's layers: {moved}");
+    let nothing = DpSgdConfig {
+        trainable: vec!["no_such_parameter".into()],
+        ..config
+    };
+    let err = train_dp_sgd(m, &catalog, &sequences(), &nothing).unwrap_err().to_string();
+    assert!(err.contains("no parameter of the model starts with"), "{err}");
 }

@@ -26,7 +26,9 @@ pub use msgs::Message;
 
 /// The version of this wire format. Bumped on any change a peer of the previous version could
 /// not decode.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// 2: a round's `TrainingPlan` names the parameters a store trains (`trainable`).
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The content hash used for model blobs and checkpoints (BLAKE3, 32 bytes).
 pub type ContentHash = [u8; 32];

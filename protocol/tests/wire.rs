@@ -54,15 +54,17 @@ fn plan() -> impl Strategy<Value = TrainingPlan> {
         prop::option::of(0f32..1.0),
         encoding(),
         prop::option::of(dp()),
+        vec(name(), 0..3),
     )
         .prop_map(
-            |(steps, n, learning_rate, batch_size, proximal_mu, update_encoding, dp)| TrainingPlan {
+            |(steps, n, learning_rate, batch_size, proximal_mu, update_encoding, dp, trainable)| TrainingPlan {
                 work: if steps { LocalWork::Steps(n) } else { LocalWork::Epochs(n) },
                 learning_rate,
                 batch_size,
                 proximal_mu,
                 update_encoding,
                 dp,
+                trainable,
             },
         )
 }

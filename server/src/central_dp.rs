@@ -140,6 +140,10 @@ pub struct CentralPrivacy {
     config: CentralDp,
     ledger: PrivacyLedger,
     dims: usize,
+    /// Which coordinates the plan trains (`None`: all). The others arrive as zeros in every
+    /// accepted update, so the sum's sensitivity lives on the trained ones alone and only
+    /// they are noised.
+    trained: Option<Vec<bool>>,
 }
 
 impl CentralPrivacy {
@@ -150,7 +154,30 @@ impl CentralPrivacy {
             ledger: PrivacyLedger::open(ledger_path)?,
             config,
             dims,
+            trained: None,
         })
+    }
+
+    /// Noise only the coordinates `trained` marks: those of the parameters the plan trains,
+    /// whose updates the coordinator has checked are zero everywhere else.
+    pub fn training_only(mut self, trained: Vec<bool>) -> Result<Self, CentralDpError> {
+        if trained.len() != self.dims {
+            return Err(CentralDpError::Config(format!(
+                "a mask of {} coordinates for a model of {}",
+                trained.len(),
+                self.dims
+            )));
+        }
+        if trained.iter().all(|t| *t) {
+            return Ok(self);
+        }
+        self.trained = Some(trained);
+        Ok(self)
+    }
+
+    /// Coordinates the noise covers.
+    fn noised_dims(&self) -> usize {
+        self.trained.as_ref().map_or(self.dims, |m| m.iter().filter(|t| **t).count())
     }
 
     pub fn ledger(&self) -> &PrivacyLedger {
@@ -219,9 +246,10 @@ impl CentralPrivacy {
         };
         // The grid rounding moves the sensitivity a little above C: scale the noise with it so
         // the effective multiplier is at least z_update.
-        let inflate = grid_inflation(clip_norm, self.dims, c.grid_exponent);
+        let dims = self.noised_dims();
+        let inflate = grid_inflation(clip_norm, dims, c.grid_exponent);
         let noise = GridGaussian::new(z_update * clip_norm * inflate, c.grid_exponent)?;
-        let z_update_effective = noise.noise_multiplier(clip_norm, self.dims);
+        let z_update_effective = noise.noise_multiplier(clip_norm, dims);
         let z_effective = match &c.adaptive {
             Some(a) => (z_update_effective.powi(-2) + (2.0 * a.count_noise_multiplier).powi(-2)).powf(-0.5),
             None => z_update_effective,
@@ -240,7 +268,17 @@ impl CentralPrivacy {
         let budget = c.budget();
         let entry = self.ledger.charge(release, &budget)?;
         let mut delta = sum.to_vec();
-        noise.add(&mut delta)?;
+        match &self.trained {
+            None => noise.add(&mut delta)?,
+            Some(mask) => {
+                let mut trained: Vec<f32> = delta.iter().zip(mask).filter(|(_, t)| **t).map(|(v, _)| *v).collect();
+                noise.add(&mut trained)?;
+                let mut noised = trained.into_iter();
+                for (v, _) in delta.iter_mut().zip(mask).filter(|(_, t)| **t) {
+                    *v = noised.next().expect("one noised value per trained coordinate");
+                }
+            }
+        }
         let inv = (1.0 / c.expected_stores) as f32;
         delta.iter_mut().for_each(|v| *v *= inv);
         let next_clip_norm = match &c.adaptive {
@@ -301,6 +339,31 @@ mod tests {
         let var = released.delta.iter().map(|v| (f64::from(*v) - mean).powi(2)).sum::<f64>() / n;
         assert!((mean - 0.125).abs() < 0.01, "mean {mean}");
         assert!((var.sqrt() - 0.25).abs() < 0.01, "std {}", var.sqrt());
+    }
+
+    /// A plan training part of the model: the frozen coordinates come out as the sum left
+    /// them (zero, as every accepted update sends them), the trained ones noised at the same
+    /// standard deviation as without a mask.
+    #[test]
+    fn with_a_trained_mask_only_the_trained_coordinates_are_noised() {
+        let dir = tempfile::tempdir().unwrap();
+        let mask: Vec<bool> = (0..10_000).map(|i| i % 4 == 0).collect();
+        let mut dp = CentralPrivacy::open(config(), &dir.path().join("ledger.jsonl"), 10_000)
+            .unwrap()
+            .training_only(mask.clone())
+            .unwrap();
+        let sum: Vec<f32> = mask.iter().map(|t| if *t { 0.5 } else { 0.0 }).collect();
+        let released = dp.release(1, &sum, 1.0, &[true; 3]).unwrap();
+        let (trained, frozen): (Vec<_>, Vec<_>) = released.delta.iter().zip(&mask).partition(|(_, t)| **t);
+        assert!(frozen.iter().all(|(v, _)| **v == 0.0), "a frozen coordinate was noised");
+        let n = trained.len() as f64;
+        assert_eq!(n, 2500.0);
+        let mean = trained.iter().map(|(v, _)| f64::from(**v)).sum::<f64>() / n;
+        let sd = (trained.iter().map(|(v, _)| (f64::from(**v) - mean).powi(2)).sum::<f64>() / n).sqrt();
+        assert!((mean - 0.125).abs() < 0.02, "mean {mean}");
+        assert!((sd - 0.25).abs() < 0.02, "std {sd}");
+        let wrong = CentralPrivacy::open(config(), &dir.path().join("other.jsonl"), 10).unwrap();
+        assert!(wrong.training_only(vec![true; 9]).is_err());
     }
 
     #[test]

@@ -86,6 +86,8 @@ pub struct PlanSection {
     pub min_learning_rate: f32,
     /// Rounds at the full `learning_rate` before the cosine starts.
     pub hold_rounds: u64,
+    /// Path prefixes of the parameters the stores train (empty: all of them).
+    pub trainable: Vec<String>,
     /// The weakest DP every store must apply (`[plan.dp]`); none when absent.
     pub dp: Option<PlanDpSection>,
 }
@@ -122,6 +124,7 @@ impl Default for PlanSection {
             learning_rate_schedule: "constant".into(),
             min_learning_rate: 1e-4,
             hold_rounds: 0,
+            trainable: Vec::new(),
             dp: None,
         }
     }
@@ -398,6 +401,12 @@ proximal_mu = {mu:?}
 learning_rate_schedule = "{lrs}"
 min_learning_rate = {minlr:?}
 hold_rounds = {hold}
+# Parameters the stores train, as path prefixes ("alpha", "content_scale", "head_",
+# "sequence.", "items.id"); [] trains all. Under user-level DP a store's noise grows with the
+# square root of the coordinates it trains, so with a model the platform pretrained
+# (`fedfuse-server pretrain`, then `run --init-model`) ["alpha", "content_scale", "head_"]
+# lets private stores adapt the fusion alone and keep the rest as pretrained.
+trainable = {trainable:?}
 {plan_dp}
 [model]
 # The fused recommender every store trains; stores must configure the same [model].
@@ -462,6 +471,7 @@ tail_average = {tail}
             lrs = pl.learning_rate_schedule,
             minlr = pl.min_learning_rate,
             hold = pl.hold_rounds,
+            trainable = pl.trainable,
             plan_dp = plan_dp_block(pl.dp.as_ref()),
             model_keys = m.commented_toml(),
             pdata = pf.data,
@@ -584,6 +594,7 @@ mod tests {
         config.serve.tail_average = 5;
         config.plan.learning_rate_schedule = "cosine".into();
         config.plan.hold_rounds = 12;
+        config.plan.trainable = vec!["alpha".into(), "head_".into()];
         config.plan.dp = Some(PlanDpSection {
             unit: "shopper".into(),
             min_noise_multiplier: 0.8,

@@ -69,4 +69,45 @@ impl ModelLayout {
     pub fn find(&self, name: &str) -> Option<(usize, usize)> {
         self.tensors.iter().position(|t| t.name == name).map(|i| (i, self.offsets[i]))
     }
+
+    /// Checks a plan's trained parameter prefixes against this model and returns how many
+    /// values they select. Each prefix must name at least one tensor: a typo among several
+    /// would otherwise leave a federation silently training less than its operator asked.
+    pub fn trained_values(&self, prefixes: &[String]) -> Result<usize, String> {
+        if let Some(p) = prefixes
+            .iter()
+            .find(|p| !self.tensors.iter().any(|t| t.name.starts_with(p.as_str())))
+        {
+            return Err(format!("{p:?} names no parameter of the model"));
+        }
+        Ok(self
+            .tensors
+            .iter()
+            .filter(|t| fedfuse_model::params::selected(&t.name, prefixes))
+            .map(TensorSpec::len)
+            .sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trained_prefixes_count_what_they_select_and_a_stray_one_is_an_error() {
+        let spec = |name: &str, shape: &[u32]| TensorSpec {
+            name: name.into(),
+            shape: shape.to_vec(),
+        };
+        let layout = ModelLayout::new(vec![
+            spec("items.id.weight", &[10, 4]),
+            spec("head_out.weight", &[1, 4, 1]),
+            spec("head_out.bias", &[1, 1, 1]),
+            spec("alpha", &[1, 4]),
+        ]);
+        assert_eq!(layout.trained_values(&[]), Ok(49));
+        assert_eq!(layout.trained_values(&["head_".into(), "alpha".into()]), Ok(9));
+        let err = layout.trained_values(&["head_".into(), "haed_".into()]).unwrap_err();
+        assert!(err.contains("\"haed_\" names no parameter"), "{err}");
+    }
 }

@@ -364,6 +364,11 @@ fn main() -> anyhow::Result<()> {
                 // A new federation without a pretrained model starts from a fresh one of [model].
                 None => Some(platform_data.fresh_model(&config)),
             };
+            if let Some((layout, _)) = &initial {
+                layout
+                    .trained_values(&config.plan.trainable)
+                    .map_err(|e| anyhow::anyhow!("[plan] trainable: {e}"))?;
+            }
             let fine_tuner: Option<Box<dyn FineTuner>> = config
                 .round
                 .fine_tune
@@ -397,6 +402,7 @@ fn main() -> anyhow::Result<()> {
                         proximal_mu: config.plan.proximal_mu().map_err(anyhow::Error::msg)?,
                         update_encoding: config.plan.update_encoding().map_err(anyhow::Error::msg)?,
                         dp: config.plan.dp_requirement().map_err(anyhow::Error::msg)?,
+                        trainable: config.plan.trainable.clone(),
                     },
                     schedule: config.plan.schedule().map_err(anyhow::Error::msg)?,
                     capabilities: Capabilities {

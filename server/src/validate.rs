@@ -17,6 +17,9 @@ pub struct UpdateRules {
     /// The DP the round's plan requires: an update must account for its release with a spend
     /// at least this strong.
     pub privacy: Option<DpRequirement>,
+    /// The parameters the round's plan trains (path prefixes; empty: all): an update that
+    /// moves any other is not what was asked for, and is rejected.
+    pub trainable: Vec<String>,
 }
 
 /// A validated update: the flat delta in layout order and its weight.
@@ -120,6 +123,11 @@ pub fn validate(upload: &UpdateUpload, layout: &ModelLayout, rules: &UpdateRules
         if values.iter().any(|v| !v.is_finite()) {
             return Err(RejectionReason::NonFinite { name: t.name.clone() });
         }
+        if !fedfuse_model::params::selected(&t.name, &rules.trainable) && values.iter().any(|v| *v != 0.0) {
+            return Err(RejectionReason::Malformed {
+                detail: format!("tensor {:?} changed, but the round's plan does not train it", t.name),
+            });
+        }
         sq += values.iter().map(|v| f64::from(*v) * f64::from(*v)).sum::<f64>();
         delta[offset..offset + values.len()].copy_from_slice(&values);
     }
@@ -176,7 +184,40 @@ pub(crate) mod tests {
         base_version: 9,
         norm_bound: Some(10.0),
         privacy: None,
+        trainable: Vec::new(),
     };
+
+    /// A plan that trains only `head`: an update moving `emb` is rejected whole, naming it;
+    /// one that leaves `emb` at zero (as every encoding sends an untouched tensor) is taken.
+    #[test]
+    fn an_update_moving_a_parameter_the_plan_froze_is_rejected() {
+        let rules = UpdateRules {
+            trainable: vec!["head".into()],
+            ..RULES
+        };
+        let moved = upload(vec![
+            tensor("emb", &[3, 2], &[0.0, 0.0, 0.0, 0.0, 1e-6, 0.0]),
+            tensor("head", &[2], &[1.0, 0.0]),
+        ]);
+        match validate(&moved, &layout(), &rules).unwrap_err() {
+            RejectionReason::Malformed { detail } => {
+                assert!(
+                    detail.contains("\"emb\" changed, but the round's plan does not train it"),
+                    "{detail}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        for encoding in [ValueEncoding::F32, ValueEncoding::F16, ValueEncoding::Int8] {
+            let enc = |name: &str, shape: &[u32], values: &[f32]| {
+                NamedTensor::encode(name, shape, values, UpdateEncoding::Dense(encoding), 3).unwrap()
+            };
+            let still = upload(vec![enc("emb", &[3, 2], &[0.0; 6]), enc("head", &[2], &[0.5, -0.25])]);
+            let v = validate(&still, &layout(), &rules).unwrap_or_else(|e| panic!("{encoding:?}: {e:?}"));
+            assert_eq!(&v.delta[..6], &[0.0; 6], "{encoding:?}");
+            assert!(v.delta[6] > 0.4 && v.delta[7] < -0.2, "{encoding:?}: {:?}", v.delta);
+        }
+    }
 
     #[test]
     fn a_good_update_becomes_one_flat_delta_in_layout_order() {

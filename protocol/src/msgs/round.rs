@@ -69,7 +69,17 @@ pub struct TrainingPlan {
     pub update_encoding: UpdateEncoding,
     /// `None` when the federation runs without DP.
     pub dp: Option<DpRequirement>,
+    /// Path prefixes of the parameters a store trains this round; empty: every parameter.
+    /// Under user-level DP the noise a step needs grows with the square root of the
+    /// coordinates it is added to, so a platform that pretrained the model can ask private
+    /// stores to adapt only a small part of it (the fusion head, say) and keep the rest.
+    pub trainable: Vec<String>,
 }
+
+/// Most parameter prefixes a plan may name.
+pub const MAX_TRAINABLE_PREFIXES: usize = 256;
+/// Longest parameter prefix a plan may name, in bytes.
+pub const MAX_PREFIX_BYTES: usize = 256;
 
 /// Most local epochs a plan may ask for in one round.
 pub const MAX_LOCAL_EPOCHS: u32 = 1_000;
@@ -100,6 +110,18 @@ impl TrainingPlan {
                 return Err(format!("{k} local steps, more than {MAX_LOCAL_STEPS}"));
             }
             _ => {}
+        }
+        if self.trainable.len() > MAX_TRAINABLE_PREFIXES {
+            return Err(format!(
+                "{} trainable parameter prefixes, more than {MAX_TRAINABLE_PREFIXES}",
+                self.trainable.len()
+            ));
+        }
+        if let Some(p) = self.trainable.iter().find(|p| p.is_empty() || p.len() > MAX_PREFIX_BYTES) {
+            return Err(format!(
+                "a trainable parameter prefix of {} bytes (1 to {MAX_PREFIX_BYTES})",
+                p.len()
+            ));
         }
         if let Some(dp) = &self.dp {
             dp.check(&self.work)?;
@@ -170,6 +192,7 @@ mod tests {
                 max_sampling_rate: 0.05,
                 delta: 1e-5,
             }),
+            trainable: Vec::new(),
         }
     }
 
@@ -224,6 +247,27 @@ mod tests {
                     ..plan()
                 },
                 "4294967295 local steps",
+            ),
+            (
+                TrainingPlan {
+                    trainable: vec![String::new()],
+                    ..plan()
+                },
+                "a trainable parameter prefix of 0 bytes",
+            ),
+            (
+                TrainingPlan {
+                    trainable: vec!["h".repeat(MAX_PREFIX_BYTES + 1)],
+                    ..plan()
+                },
+                "prefix of 257 bytes",
+            ),
+            (
+                TrainingPlan {
+                    trainable: vec!["head_".into(); MAX_TRAINABLE_PREFIXES + 1],
+                    ..plan()
+                },
+                "257 trainable parameter prefixes",
             ),
         ];
         for (p, want) in cases {

@@ -163,6 +163,8 @@ pub struct RoundCoordinator {
     spill_dir: PathBuf,
     central: Option<CentralClipping>,
     privacy: Option<fedfuse_protocol::msgs::DpRequirement>,
+    /// The parameters the plan trains (path prefixes; empty: all).
+    trainable: Vec<String>,
 }
 
 impl RoundCoordinator {
@@ -190,6 +192,7 @@ impl RoundCoordinator {
             spill_dir,
             central: None,
             privacy: None,
+            trainable: Vec::new(),
         }
     }
 
@@ -205,6 +208,13 @@ impl RoundCoordinator {
     /// (`RejectionReason::PrivacyBelowRequirement`), never aggregated.
     pub fn requiring_privacy(mut self, required: fedfuse_protocol::msgs::DpRequirement) -> Self {
         self.privacy = Some(required);
+        self
+    }
+
+    /// The plan trains only the parameters under these path prefixes: an update that moves
+    /// any other is rejected (`RejectionReason::Malformed`, naming the tensor).
+    pub fn training_only(mut self, prefixes: Vec<String>) -> Self {
+        self.trainable = prefixes;
         self
     }
 
@@ -334,6 +344,7 @@ impl RoundCoordinator {
             base_version: self.version,
             norm_bound: self.policy.norm_bound,
             privacy: self.privacy.clone(),
+            trainable: self.trainable.clone(),
         };
         match validate(&upload, &self.layout, &rules) {
             Err(reason) => out.push(reject(reason)),
