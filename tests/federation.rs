@@ -401,6 +401,69 @@ async fn a_wrongly_shaped_update_is_rejected_with_its_reason_and_never_applied()
     conn.close("done");
 }
 
+/// A plan that freezes `w` (it trains only `head_`): the offer carries that over the wire, an
+/// update moving `w` is rejected naming it, and the same store's update that leaves `w` alone
+/// is then taken, so the model stays where it started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_moving_a_parameter_the_plan_froze_is_rejected_and_a_still_one_taken() {
+    let state = tempfile::tempdir().unwrap();
+    let mut opts = options(RoundPolicy {
+        deadline_ms: 10_000,
+        ..policy(1, 1, 1)
+    });
+    opts.plan.trainable = vec!["head_".into()];
+    let f = federation_with(state.path(), opts);
+    let (_endpoint, conn, offer) = f.take_first_offer_by_hand("mover").await;
+    assert_eq!(offer.plan.trainable, vec!["head_".to_string()]);
+    let upload = |w: f32| {
+        Message::UpdateUpload(UpdateUpload {
+            round_id: offer.round_id,
+            base_model_version: offer.model.version,
+            example_count: 1,
+            metrics: vec![],
+            privacy_spend: None,
+            tensors: vec![
+                NamedTensor::encode(
+                    "w",
+                    &[PARAMS as u32],
+                    &[w; PARAMS],
+                    UpdateEncoding::Dense(ValueEncoding::F32),
+                    0,
+                )
+                .unwrap(),
+            ],
+        })
+    };
+    let verdict = |conn: PeerConnection| async move {
+        loop {
+            match conn.recv().await.unwrap() {
+                Message::Heartbeat(_) => continue,
+                other => break (other, conn),
+            }
+        }
+    };
+    conn.send(&upload(1.0)).await.unwrap();
+    let (answer, conn) = verdict(conn).await;
+    match answer {
+        Message::UpdateRejected(r) => assert!(
+            matches!(&r.reason, RejectionReason::Malformed { detail } if detail.contains("\"w\" changed, but the round's plan does not train it")),
+            "{:?}",
+            r.reason
+        ),
+        other => panic!("expected a rejection, got {:?}", other.kind()),
+    }
+    conn.send(&upload(0.0)).await.unwrap();
+    let (answer, conn) = verdict(conn).await;
+    assert!(matches!(answer, Message::UpdateAccepted(_)), "{:?}", answer.kind());
+    let report = tokio::time::timeout(Duration::from_secs(60), f.service)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_close(&report.params, 0.0);
+    assert!(matches!(&report.rejected[..], [(s, 1, RejectionReason::Malformed { .. })] if s == "mover"));
+    conn.close("done");
+}
+
 struct Slow(TowardTarget);
 
 impl LocalTrainer for Slow {
