@@ -638,6 +638,22 @@ CONTEXT_RUNS = [("fed_e2ctx25", "2 epochs a round", "fed_e2", "the same recipe o
                  "the same recipe in the split's order")]
 
 
+def hr_at_round_cell(reports, k):
+    """Mean ± std of test HR@10 (full) after round k over `reports`; – when a seed lacks it."""
+    vals = [row["hr10_full"] for r in reports for row in r["rounds"] if row["round"] == k]
+    return cell(vals) if len(vals) == len(reports) else "–"
+
+
+def epsilon_max_cell(reports):
+    eps = [max((v for v in r["final"]["epsilon"].values() if v is not None), default=None) for r in reports]
+    eps = [e for e in eps if e is not None]
+    return f"{max(eps):.2f}" if eps else "–"
+
+
+def worst_store_cell(reports):
+    return cell([(r["final"].get("worst_store") or {}).get("hr10", float("nan")) for r in reports])
+
+
 PRETRAIN_RUNS = [("fed_p10", "random start"), ("fed_p10pt", "pretrained by the platform"),
                  ("fed_dp8_p10", "random start, user-level DP-SGD ε = 8"),
                  ("fed_dp8_p10pt", "pretrained by the platform, user-level DP-SGD ε = 8"),
@@ -668,17 +684,13 @@ def pretrain_section(runs, note):
                "NDCG@10 full | HR@10 sampled | NDCG@10 sampled | worst store HR@10 | ε max | wall s |")
     out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label, reports in runs:
-        def at(k):
-            vals = [row["hr10_full"] for r in reports for row in r["rounds"] if row["round"] == k]
-            return cell(vals) if len(vals) == len(reports) else "–"
-        eps = [max((v for v in r["final"]["epsilon"].values() if v is not None), default=None) for r in reports]
-        eps = [e for e in eps if e is not None]
+        at = lambda k: hr_at_round_cell(reports, k)  # noqa: E731
         out.append(
             f"| {label} | {', '.join(str(r['config']['seed']) for r in reports)} | {at(0)} | {at(1)} | {at(3)} | {at(5)} | "
             f"**{cell([r['last']['hr10_full'] for r in reports])}** | {cell([r['last']['ndcg10_full'] for r in reports])} | "
             f"{cell([r['final']['hr10_sampled'] for r in reports])} | {cell([r['final']['ndcg10_sampled'] for r in reports])} | "
-            f"{cell([(r['final'].get('worst_store') or {}).get('hr10', float('nan')) for r in reports])} | "
-            f"{f'{max(eps):.2f}' if eps else '–'} | {mean_std([r['final']['seconds'] for r in reports])[0]:.0f} |")
+            f"{worst_store_cell(reports)} | {epsilon_max_cell(reports)} | "
+            f"{mean_std([r['final']['seconds'] for r in reports])[0]:.0f} |")
     by = dict(runs)
     pre = [r["pretraining"] for r in by.get("pretrained by the platform", []) if r.get("pretraining")]
     if pre:
@@ -730,11 +742,7 @@ def subset_section(runs, note):
                "rounds add | NDCG@10 full | HR@10 sampled | worst store HR@10 | ε max | wall s |")
     out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label, reports in runs:
-        def at(k):
-            vals = [row["hr10_full"] for r in reports for row in r["rounds"] if row["round"] == k]
-            return cell(vals) if len(vals) == len(reports) else "–"
-        eps = [max((v for v in r["final"]["epsilon"].values() if v is not None), default=None) for r in reports]
-        eps = [e for e in eps if e is not None]
+        at = lambda k: hr_at_round_cell(reports, k)  # noqa: E731
         gain = [r["last"]["hr10_full"] - at_round(r, 0)["hr10_full"] for r in reports]
         trained = sorted({r["config"].get("trained_parameters") for r in reports} - {None})
         out.append(
@@ -742,8 +750,8 @@ def subset_section(runs, note):
             f"{at(0)} | {at(1)} | {at(5)} | **{cell([r['last']['hr10_full'] for r in reports])}** | "
             f"{', '.join(f'{g:+.4f}' for g in gain)} (mean {mean_std(gain)[0]:+.4f}) | "
             f"{cell([r['last']['ndcg10_full'] for r in reports])} | {cell([r['final']['hr10_sampled'] for r in reports])} | "
-            f"{cell([(r['final'].get('worst_store') or {}).get('hr10', float('nan')) for r in reports])} | "
-            f"{f'{max(eps):.2f}' if eps else '–'} | {mean_std([r['final']['seconds'] for r in reports])[0]:.0f} |")
+            f"{worst_store_cell(reports)} | {epsilon_max_cell(reports)} | "
+            f"{mean_std([r['final']['seconds'] for r in reports])[0]:.0f} |")
     return "\n".join(out) + "\n"
 
 
@@ -833,20 +841,16 @@ def main():
         print(table)
         md = replace_section(md, "federation-context-windows", table)
         args.benchmarks.write_text(md)
-    pre = [(label, [r for r in (load(d, n) for d in args.reports) if r]) for n, label in PRETRAIN_RUNS]
-    pre = [(label, rs) for label, rs in pre if rs]
-    if pre:
-        table = pretrain_section(pre, args.note)
-        print(table)
-        md = replace_section(md, "federation-pretrained", table)
-        args.benchmarks.write_text(md)
-    sub = [(label, [r for r in (load(d, n) for d in args.reports) if r]) for n, label in SUBSET_RUNS]
-    sub = [(label, rs) for label, rs in sub if rs]
-    if sub:
-        table = subset_section(sub, args.note)
-        print(table)
-        md = replace_section(md, "federation-dp-subset", table)
-        args.benchmarks.write_text(md)
+    for spec, render, tag in ((PRETRAIN_RUNS, pretrain_section, "federation-pretrained"),
+                              (SUBSET_RUNS, subset_section, "federation-dp-subset")):
+        # every seed's reports of each run in the family that has any
+        family = [(label, [r for r in (load(d, n) for d in args.reports) if r]) for n, label in spec]
+        family = [(label, rs) for label, rs in family if rs]
+        if family:
+            table = render(family, args.note)
+            print(table)
+            md = replace_section(md, tag, table)
+            args.benchmarks.write_text(md)
     if not runs and not local:
         print("no reports of the main federation table under", args.reports)
         return

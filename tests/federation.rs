@@ -243,6 +243,27 @@ fn target(v: f32) -> Vec<f32> {
     vec![v; PARAMS]
 }
 
+/// A store's answer to `offer` sent by hand: `w` moved by `value` everywhere, in f32.
+fn upload_of(offer: &fedfuse_protocol::msgs::RoundOffer, example_count: u64, value: f32) -> Message {
+    Message::UpdateUpload(UpdateUpload {
+        round_id: offer.round_id,
+        base_model_version: offer.model.version,
+        example_count,
+        metrics: vec![],
+        privacy_spend: None,
+        tensors: vec![
+            NamedTensor::encode(
+                "w",
+                &[PARAMS as u32],
+                &[value; PARAMS],
+                UpdateEncoding::Dense(ValueEncoding::F32),
+                0,
+            )
+            .unwrap(),
+        ],
+    })
+}
+
 fn assert_close(got: &[f32], want: f32) {
     assert!(got.iter().all(|g| (g - want).abs() < 1e-5), "{got:?} vs {want}");
 }
@@ -278,25 +299,7 @@ async fn a_store_killed_mid_upload_neither_stalls_nor_corrupts_the_round() {
     let good = [("a", 1.0), ("b", 3.0)].map(|(name, t)| f.spawn_store(name, t, 1, false));
     // The third store takes its offer, starts uploading a huge poisoned update, and dies.
     let (endpoint, conn, offer) = f.take_first_offer_by_hand("doomed").await;
-    let upload = Message::UpdateUpload(UpdateUpload {
-        round_id: offer.round_id,
-        base_model_version: offer.model.version,
-        example_count: 1_000_000,
-        metrics: vec![],
-        privacy_spend: None,
-        tensors: vec![
-            NamedTensor::encode(
-                "w",
-                &[PARAMS as u32],
-                &[1e6; PARAMS],
-                UpdateEncoding::Dense(ValueEncoding::F32),
-                0,
-            )
-            .unwrap(),
-        ],
-    })
-    .encode()
-    .unwrap();
+    let upload = upload_of(&offer, 1_000_000, 1e6).encode().unwrap();
     conn.send_frame(&upload[..upload.len() / 2]).await.unwrap();
     conn.close("killed");
     drop(endpoint);
@@ -415,25 +418,7 @@ async fn an_update_moving_a_parameter_the_plan_froze_is_rejected_and_a_still_one
     let f = federation_with(state.path(), opts);
     let (_endpoint, conn, offer) = f.take_first_offer_by_hand("mover").await;
     assert_eq!(offer.plan.trainable, vec!["head_".to_string()]);
-    let upload = |w: f32| {
-        Message::UpdateUpload(UpdateUpload {
-            round_id: offer.round_id,
-            base_model_version: offer.model.version,
-            example_count: 1,
-            metrics: vec![],
-            privacy_spend: None,
-            tensors: vec![
-                NamedTensor::encode(
-                    "w",
-                    &[PARAMS as u32],
-                    &[w; PARAMS],
-                    UpdateEncoding::Dense(ValueEncoding::F32),
-                    0,
-                )
-                .unwrap(),
-            ],
-        })
-    };
+    let upload = |w: f32| upload_of(&offer, 1, w);
     let verdict = |conn: PeerConnection| async move {
         loop {
             match conn.recv().await.unwrap() {

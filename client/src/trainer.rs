@@ -564,6 +564,18 @@ mod tests {
         }
     }
 
+    /// A round's user-level DP requirement: σ ≥ 1, clip ≤ `max_clip_norm`, any sampling rate, δ.
+    fn shopper_level(max_clip_norm: f64, delta: f64) -> DpRequirement {
+        DpRequirement {
+            unit: PrivacyUnit::Shopper,
+            noise_mode: NoiseMode::Local,
+            min_noise_multiplier: 1.0,
+            max_clip_norm,
+            max_sampling_rate: 1.0,
+            delta,
+        }
+    }
+
     /// The global model a tiny store's federation would start from.
     fn tiny_initial_model() -> Vec<fedfuse_model::params::NamedParam> {
         let s = tiny_store(1);
@@ -647,17 +659,9 @@ mod tests {
     /// by the rounding. A small clip norm makes the rounding's share large enough to see.
     #[test]
     fn a_dp_round_charges_at_least_the_noise_multiplier_the_round_requires() {
-        use fedfuse_protocol::msgs::{DpRequirement, NoiseMode, PrivacyUnit};
         let dir = tempfile::tempdir().unwrap();
         let store = dp_store(dir.path(), 1e-5, 0.5, 2.0);
-        let required = DpRequirement {
-            unit: PrivacyUnit::Shopper,
-            noise_mode: NoiseMode::Local,
-            min_noise_multiplier: 1.0,
-            max_clip_norm: 0.01,
-            max_sampling_rate: 1.0,
-            delta: 1e-5,
-        };
+        let required = shopper_level(0.01, 1e-5);
         let plan = TrainingPlan {
             dp: Some(required),
             ..plan()
@@ -695,18 +699,10 @@ mod tests {
     /// round requires: it refuses before training and charges nothing.
     #[test]
     fn a_store_refuses_a_round_whose_delta_is_below_its_own() {
-        use fedfuse_protocol::msgs::{DpRequirement, NoiseMode, PrivacyUnit};
         let dir = tempfile::tempdir().unwrap();
         let store = dp_store(dir.path(), 1e-4, 1.0, 1.0);
         let with_delta = |delta: f64| TrainingPlan {
-            dp: Some(DpRequirement {
-                unit: PrivacyUnit::Shopper,
-                noise_mode: NoiseMode::Local,
-                min_noise_multiplier: 1.0,
-                max_clip_norm: 1.0,
-                max_sampling_rate: 1.0,
-                delta,
-            }),
+            dp: Some(shopper_level(1.0, delta)),
             ..plan()
         };
         let why = store.refuses(1, &with_delta(1e-5)).expect("refused");
@@ -792,14 +788,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dp_plan = TrainingPlan {
             work: LocalWork::Steps(3),
-            dp: Some(DpRequirement {
-                unit: PrivacyUnit::Shopper,
-                noise_mode: NoiseMode::Local,
-                min_noise_multiplier: 1.0,
-                max_clip_norm: 1.0,
-                max_sampling_rate: 1.0,
-                delta: 1e-5,
-            }),
+            dp: Some(shopper_level(1.0, 1e-5)),
             ..plan.clone()
         };
         let mut dp = dp_store(dir.path(), 1e-5, 1.0, 1.0);

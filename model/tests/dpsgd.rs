@@ -188,21 +188,27 @@ fn dp_sgd_refuses_the_lstm_and_bad_settings() {
     assert!(train_dp_sgd(m, &catalog, &sequences(), &bad).is_err());
 }
 
-#[test]
-fn dp_sgd_steps_change_the_model_and_report_clipping() {
-    let device = Device::flex().autodiff();
-    let (m, catalog) = model(&device);
-    let before = fedfuse_model::params::export(&m);
-    let config = DpSgdConfig {
+/// Three steps over every shopper (q = 1) of the parameters `trainable` selects, with a clip
+/// of 1e-3 that clips every shopper.
+fn every_shopper_clipped(trainable: Vec<String>) -> DpSgdConfig {
+    DpSgdConfig {
         sampling_rate: 1.0,
         noise_multiplier: 0.5,
         clip_norm: 1e-3,
         steps: 3,
         max_len: 6,
         negatives: 5,
+        trainable,
         ..DpSgdConfig::default()
-    };
-    let (m, report) = train_dp_sgd(m, &catalog, &sequences(), &config).unwrap();
+    }
+}
+
+#[test]
+fn dp_sgd_steps_change_the_model_and_report_clipping() {
+    let device = Device::flex().autodiff();
+    let (m, catalog) = model(&device);
+    let before = fedfuse_model::params::export(&m);
+    let (m, report) = train_dp_sgd(m, &catalog, &sequences(), &every_shopper_clipped(Vec::new())).unwrap();
     assert_eq!(report.steps, 3);
     assert_eq!(report.sampled, 9, "q = 1 samples every shopper every step");
     assert_eq!(report.clipped_fraction, 1.0, "a clip of 1e-3 clips everyone");
@@ -266,16 +272,7 @@ fn dp_sgd_on_a_subset_leaves_every_other_parameter_as_it_was() {
     let (m, catalog) = model(&device);
     let before = fedfuse_model::params::export(&m);
     let fusion: Vec<String> = fedfuse_model::finetune::FUSION_PARAMETERS.map(String::from).to_vec();
-    let config = DpSgdConfig {
-        sampling_rate: 1.0,
-        noise_multiplier: 0.5,
-        clip_norm: 1e-3,
-        steps: 3,
-        max_len: 6,
-        negatives: 5,
-        trainable: fusion.clone(),
-        ..DpSgdConfig::default()
-    };
+    let config = every_shopper_clipped(fusion.clone());
     let (m, report) = train_dp_sgd(m.clone(), &catalog, &sequences(), &config).unwrap();
     assert_eq!(report.sampled, 9);
     let after = fedfuse_model::params::export(&m);
