@@ -723,7 +723,8 @@ def pretrain_section(runs, note):
 
 SUBSET_RUNS = [("fed_dp8_p10pt_fusion", "user-level DP-SGD ε = 8, the fusion trained (α, content scale, MLP head)"),
                ("fed_dp8_p10pt_dense", "user-level DP-SGD ε = 8, the fusion and the sequence encoder trained"),
-               ("fed_p10pt_fusion", "no DP, the fusion trained")]
+               ("fed_p10pt_fusion", "no DP, the fusion trained"),
+               ("fed_p10pt_dense", "no DP, the fusion and the sequence encoder trained")]
 
 
 def subset_section(runs, note):
@@ -731,7 +732,7 @@ def subset_section(runs, note):
     `runs` is [(label, reports)]."""
     out = ["## Private stores adapting part of the pretrained model (MovieLens-100K, 11 ZIP stores)", "",
            "`SEEDS=\"1 2 3\" bench/federation.sh --only fed_dp8_p10pt_fusion,fed_dp8_p10pt_dense` and "
-           "`--only fed_p10pt_fusion` (seed 1) (quickstart on loopback, as above): the federation of the section above "
+           "`--only fed_p10pt_fusion,fed_p10pt_dense` (seed 1) (quickstart on loopback, as above): the federation of the section above "
            "(the platform holds 10% of the shoppers and pretrains the model on them, `--pretrain-epochs 50`; the stores "
            "federate the first recipe for 10 rounds; user-level DP-SGD ε = 8 over the 10 rounds, δ = 1e-4, 16 expected "
            "shoppers a step, clip 1), with the stores training only the parameters the plan names (`--train-only`, "
