@@ -12,6 +12,7 @@ pub mod trainer;
 
 use std::time::Duration;
 
+use fedfuse_model::params::selected;
 use fedfuse_protocol::msgs::{Bye, Capabilities, Hello, Metric, RejectionReason, TrainingPlan, UpdateUpload, decode_model_blob};
 use fedfuse_protocol::tensor::{NamedTensor, UpdateEncoding};
 use fedfuse_protocol::{Message, msgs::RefusalReason};
@@ -178,7 +179,13 @@ pub async fn run_private_session(
                 report.trained_rounds.push(offer.round_id);
                 report.last_model_version = Some(offer.model.version);
                 let spend = match guard.as_deref_mut() {
-                    Some(guard) => Some(guard.privatize(offer.round_id, &offer.plan, &mut update.delta)?),
+                    Some(guard) => Some(privatize_trained(
+                        guard,
+                        offer.round_id,
+                        &offer.plan,
+                        &shapes,
+                        &mut update.delta,
+                    )?),
                     None => update.privacy_spend.take(),
                 };
                 if offer.plan.dp.is_some() && spend.is_none() {
@@ -240,6 +247,46 @@ fn unmet_requirement(
     })
 }
 
+/// Client-level DP of an update: clipped, charged and noised over the coordinates the plan
+/// trains only. The frozen ones never leave (`encode_update` sends no frozen tensor), so noise
+/// there would be wasted and the grid's rounding charge would count coordinates not released.
+fn privatize_trained(
+    guard: &mut privacy::StorePrivacy,
+    round: u64,
+    plan: &TrainingPlan,
+    shapes: &[TensorShape],
+    delta: &mut [f32],
+) -> Result<fedfuse_protocol::msgs::PrivacySpend, privacy::PrivacyError> {
+    let Some(mask) = trained_mask(shapes, plan) else {
+        return guard.privatize(round, plan, delta);
+    };
+    let mut trained: Vec<f32> = delta.iter().zip(&mask).filter(|(_, t)| **t).map(|(v, _)| *v).collect();
+    let spend = guard.privatize(round, plan, &mut trained)?;
+    for ((v, _), noised) in delta.iter_mut().zip(&mask).filter(|(_, t)| **t).zip(trained) {
+        *v = noised;
+    }
+    Ok(spend)
+}
+
+/// Which coordinates of a model laid out as `shapes` the plan trains; `None` when it trains
+/// every one.
+fn trained_mask(shapes: &[TensorShape], plan: &TrainingPlan) -> Option<Vec<bool>> {
+    if plan.trainable.is_empty() {
+        return None;
+    }
+    Some(
+        shapes
+            .iter()
+            .flat_map(|(name, shape)| {
+                let len: usize = shape.iter().map(|d| *d as usize).product();
+                std::iter::repeat_n(selected(name, &plan.trainable), len)
+            })
+            .collect(),
+    )
+}
+
+/// The update as it travels: one tensor per trained parameter (a frozen one is left out, and
+/// must not have moved: a trainer that moved it is an error, nothing is sent).
 fn encode_update(
     offer: &fedfuse_protocol::msgs::RoundOffer,
     shapes: &[TensorShape],
@@ -260,6 +307,16 @@ fn encode_update(
     let mut tensors = Vec::with_capacity(shapes.len());
     for (i, (name, shape)) in shapes.iter().enumerate() {
         let len: usize = shape.iter().map(|d| *d as usize).product();
+        if !selected(name, &offer.plan.trainable) {
+            if update.delta[offset..offset + len].iter().any(|v| *v != 0.0) {
+                return Err(AgentError::Training {
+                    round: offer.round_id,
+                    detail: format!("the trainer moved {name}, which the round's plan does not train"),
+                });
+            }
+            offset += len;
+            continue;
+        }
         // Row-sparse only for 2-D tensors; others go dense in the same value encoding.
         let encoding = match offer.plan.update_encoding {
             UpdateEncoding::RowSparse(v) if shape.len() != 2 => UpdateEncoding::Dense(v),
@@ -376,5 +433,90 @@ pub async fn run_agent(
         let spread = (jitter >> 33) as f64 / (1u64 << 31) as f64;
         tokio::time::sleep(delay.mul_f64(1.0 + 0.25 * spread)).await;
         delay = (delay * 2).min(backoff.max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fedfuse_protocol::msgs::{DpRequirement, LocalWork, ModelManifest, NoiseMode, PrivacyUnit, RoundOffer};
+    use fedfuse_protocol::tensor::ValueEncoding;
+
+    use super::*;
+    use crate::privacy::{StorePrivacy, StorePrivacyPolicy};
+
+    fn shapes() -> Vec<TensorShape> {
+        vec![("emb".into(), vec![3, 2]), ("head_out".into(), vec![2])]
+    }
+
+    fn offer(trainable: &[&str]) -> RoundOffer {
+        RoundOffer {
+            round_id: 1,
+            model: ModelManifest {
+                version: 0,
+                content_hash: [0; 32],
+                total_bytes: 0,
+                chunk_bytes: 1,
+            },
+            plan: TrainingPlan {
+                work: LocalWork::Epochs(1),
+                learning_rate: 0.01,
+                batch_size: 8,
+                proximal_mu: None,
+                update_encoding: UpdateEncoding::Dense(ValueEncoding::F32),
+                dp: Some(DpRequirement {
+                    unit: PrivacyUnit::Store,
+                    noise_mode: NoiseMode::Local,
+                    min_noise_multiplier: 1.0,
+                    max_clip_norm: 1.0,
+                    max_sampling_rate: 1.0,
+                    delta: 1e-5,
+                }),
+                trainable: trainable.iter().map(|p| p.to_string()).collect(),
+            },
+            deadline_unix_ms: u64::MAX,
+        }
+    }
+
+    fn update(delta: Vec<f32>) -> LocalUpdate {
+        LocalUpdate {
+            delta,
+            example_count: 1,
+            metrics: vec![],
+            privacy_spend: None,
+        }
+    }
+
+    /// A plan training `head_`: client-level DP noises only the head's coordinates, and the
+    /// upload carries the head alone; a trainer that moved the frozen table sends nothing.
+    #[test]
+    fn a_store_releases_only_what_the_plan_trains() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = StorePrivacyPolicy {
+            budget: fedfuse_privacy::Budget {
+                epsilon_max: 1e6,
+                delta: 1e-5,
+            },
+            noise_multiplier: 1.0,
+            clip_norm: 1.0,
+            grid_exponent: -20,
+        };
+        let mut guard = StorePrivacy::open("berlin", policy, &dir.path().join("ledger.jsonl")).unwrap();
+        let offer = offer(&["head_"]);
+        let mut delta = vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.3, -0.4];
+        let spend = privatize_trained(&mut guard, 1, &offer.plan, &shapes(), &mut delta).unwrap();
+        assert!(spend.noise_multiplier >= 1.0);
+        assert_eq!(&delta[..6], &[0.0; 6], "the frozen table is not noised");
+        assert!(delta[6] != 0.3 && delta[7] != -0.4, "the head is noised: {delta:?}");
+        let upload = encode_update(&offer, &shapes(), update(delta.clone()), 1).unwrap();
+        assert_eq!(upload.tensors.len(), 1);
+        assert_eq!(upload.tensors[0].name, "head_out");
+        assert_eq!(upload.tensors[0].to_f32(&[2]).unwrap(), delta[6..].to_vec());
+        let moved = encode_update(&offer, &shapes(), update(vec![0.1; 8]), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(moved.contains("moved emb, which the round's plan does not train"), "{moved}");
+        // A plan that trains everything sends everything.
+        let all = encode_update(&self::offer(&[]), &shapes(), update(vec![0.1; 8]), 1).unwrap();
+        assert_eq!(all.tensors.len(), 2);
     }
 }

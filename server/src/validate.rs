@@ -107,7 +107,12 @@ pub fn validate(upload: &UpdateUpload, layout: &ModelLayout, rules: &UpdateRules
             });
         }
     }
-    if let Some(i) = seen.iter().position(|s| !s) {
+    // A tensor the plan does not train may be left out: it did not move.
+    if let Some(i) = seen
+        .iter()
+        .zip(layout.tensors())
+        .position(|(s, t)| !s && fedfuse_model::params::selected(&t.name, &rules.trainable))
+    {
         return Err(RejectionReason::MissingTensor {
             name: layout.tensors()[i].name.clone(),
         });
@@ -217,6 +222,13 @@ pub(crate) mod tests {
             assert_eq!(&v.delta[..6], &[0.0; 6], "{encoding:?}");
             assert!(v.delta[6] > 0.4 && v.delta[7] < -0.2, "{encoding:?}: {:?}", v.delta);
         }
+        // The frozen tensor may be left out (it did not move); the trained one may not.
+        let without = validate(&upload(vec![tensor("head", &[2], &[1.0, 2.0])]), &layout(), &rules).unwrap();
+        assert_eq!(without.delta, vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 2.0]);
+        assert_eq!(
+            validate(&upload(vec![tensor("emb", &[3, 2], &[0.0; 6])]), &layout(), &rules).unwrap_err(),
+            RejectionReason::MissingTensor { name: "head".into() }
+        );
     }
 
     #[test]
