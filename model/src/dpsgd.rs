@@ -272,9 +272,15 @@ pub fn shopper_gradients(
     objective: Objective,
     trainable: &[String],
 ) -> Result<ShopperGradients, DpSgdError> {
-    if model.sequence.is_lstm() {
+    // A frozen LSTM is run as it is; a trained one would need per-shopper copies of weights
+    // burn keeps 2-D.
+    if model.sequence.is_lstm()
+        && crate::params::export(&model.sequence)
+            .iter()
+            .any(|p| selected(&format!("sequence.{}", p.name), trainable))
+    {
         return Err(DpSgdError::Unsupported(
-            "the LSTM encoder (burn's Lstm has 2-D weights)".into(),
+            "training the LSTM encoder (burn's Lstm has 2-D weights; freeze it with the plan's trainable parameters)".into(),
         ));
     }
     let b = batch.history.dims()[0];

@@ -180,6 +180,13 @@ fn dp_sgd_refuses_the_lstm_and_bad_settings() {
     let catalog = f.to_tensors(vocabulary, &device);
     let full = sample_batch(&device);
     assert!(shopper_gradients(&lstm, &catalog, &full, Objective::SampledSoftmax, &[]).is_err());
+    // With the LSTM frozen, the fusion trains under DP-SGD and the encoder stays as it was.
+    let fusion: Vec<String> = fedfuse_model::finetune::FUSION_PARAMETERS.map(String::from).to_vec();
+    let g = shopper_gradients(&lstm, &catalog, &full, Objective::SampledSoftmax, &fusion).unwrap();
+    assert!(g.norms().iter().all(|n| *n > 0.0));
+    let before = fedfuse_model::params::export(&lstm.sequence);
+    let (trained, _) = train_dp_sgd(lstm, &catalog, &sequences(), &every_shopper_clipped(fusion)).unwrap();
+    assert_eq!(fedfuse_model::params::export(&trained.sequence), before);
     let (m, catalog) = model(&device);
     let bad = DpSgdConfig {
         sampling_rate: 0.0,
