@@ -257,15 +257,10 @@ fn privatize_trained(
     shapes: &[TensorShape],
     delta: &mut [f32],
 ) -> Result<fedfuse_protocol::msgs::PrivacySpend, privacy::PrivacyError> {
-    let Some(mask) = trained_mask(shapes, plan) else {
-        return guard.privatize(round, plan, delta);
-    };
-    let mut trained: Vec<f32> = delta.iter().zip(&mask).filter(|(_, t)| **t).map(|(v, _)| *v).collect();
-    let spend = guard.privatize(round, plan, &mut trained)?;
-    for ((v, _), noised) in delta.iter_mut().zip(&mask).filter(|(_, t)| **t).zip(trained) {
-        *v = noised;
+    match trained_mask(shapes, plan) {
+        None => guard.privatize(round, plan, delta),
+        Some(mask) => fedfuse_privacy::fedavg::on_trained(delta, &mask, |v| guard.privatize(round, plan, v)),
     }
-    Ok(spend)
 }
 
 /// Which coordinates of a model laid out as `shapes` the plan trains; `None` when it trains

@@ -272,17 +272,6 @@ pub fn shopper_gradients(
     objective: Objective,
     trainable: &[String],
 ) -> Result<ShopperGradients, DpSgdError> {
-    // A frozen LSTM is run as it is; a trained one would need per-shopper copies of weights
-    // burn keeps 2-D.
-    if model.sequence.is_lstm()
-        && crate::params::export(&model.sequence)
-            .iter()
-            .any(|p| selected(&format!("sequence.{}", p.name), trainable))
-    {
-        return Err(DpSgdError::Unsupported(
-            "training the LSTM encoder (burn's Lstm has 2-D weights; freeze it with the plan's trainable parameters)".into(),
-        ));
-    }
     let b = batch.history.dims()[0];
     let mut expand = PerShopper {
         shoppers: b,
@@ -291,8 +280,15 @@ pub fn shopper_gradients(
         failed: None,
     };
     let expanded = model.clone().map(&mut expand);
+    // A frozen LSTM runs as it is; a trained one fails here, its weights being 2-D.
     if let Some(path) = expand.failed {
-        return Err(DpSgdError::Unsupported(path));
+        return Err(DpSgdError::Unsupported(
+            if model.sequence.is_lstm() && path.starts_with("sequence.") {
+                format!("{path} (burn's Lstm keeps 2-D weights: freeze the encoder with the plan's trainable parameters)")
+            } else {
+                path
+            },
+        ));
     }
     // Leaves are the item vectors (ID and content) each shopper's computation reads. A content
     // vector is linear in its table rows (category + brand + price band + bag means), so each

@@ -51,6 +51,20 @@ pub fn clip_update(update: &mut [f32], clip: f64) -> Result<Clipped, NoiseError>
     })
 }
 
+/// Runs `release` (clip, charge, noise) on the coordinates of `update` that `trained` marks,
+/// as one vector, and writes the result back: when a round trains part of the model the rest
+/// is not released, so neither the clip, the noise nor the grid's rounding charge may cover it.
+/// `trained` has one flag per coordinate.
+pub fn on_trained<T, E>(update: &mut [f32], trained: &[bool], release: impl FnOnce(&mut [f32]) -> Result<T, E>) -> Result<T, E> {
+    debug_assert_eq!(update.len(), trained.len());
+    let mut values: Vec<f32> = update.iter().zip(trained).filter(|(_, t)| **t).map(|(v, _)| *v).collect();
+    let out = release(&mut values)?;
+    for ((v, _), released) in update.iter_mut().zip(trained).filter(|(_, t)| **t).zip(values) {
+        *v = released;
+    }
+    Ok(out)
+}
+
 /// The update noise multiplier that, with a count released at `count_noise_multiplier`,
 /// keeps the round's privacy at `total_noise_multiplier`. `None` if the count alone would
 /// already spend the whole budget (z_b ≤ z/2).
@@ -104,6 +118,19 @@ impl AdaptiveClip {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn on_trained_releases_the_marked_coordinates_only() {
+        let mut update = vec![1.0f32, 2.0, 3.0, 4.0];
+        let seen = on_trained(&mut update, &[false, true, false, true], |v: &mut [f32]| {
+            let seen = v.to_vec();
+            v.iter_mut().for_each(|x| *x *= 10.0);
+            Ok::<_, ()>(seen)
+        })
+        .unwrap();
+        assert_eq!(seen, vec![2.0, 4.0]);
+        assert_eq!(update, vec![1.0, 20.0, 3.0, 40.0]);
+    }
 
     #[test]
     fn clipping_bounds_the_norm_and_leaves_small_updates_alone() {

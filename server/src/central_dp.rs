@@ -16,7 +16,7 @@
 
 use std::path::Path;
 
-use fedfuse_privacy::fedavg::{AdaptiveClip, update_noise_multiplier};
+use fedfuse_privacy::fedavg::{AdaptiveClip, on_trained, update_noise_multiplier};
 use fedfuse_privacy::ledger::{Mechanism, NoiseMode, PrivacyUnit};
 use fedfuse_privacy::noise::{DEFAULT_GRID_EXPONENT, GridGaussian, NoiseError, grid_inflation};
 use fedfuse_privacy::{Budget, DpEvent, LedgerEntry, LedgerError, PrivacyLedger, Release, Spend};
@@ -270,14 +270,7 @@ impl CentralPrivacy {
         let mut delta = sum.to_vec();
         match &self.trained {
             None => noise.add(&mut delta)?,
-            Some(mask) => {
-                let mut trained: Vec<f32> = delta.iter().zip(mask).filter(|(_, t)| **t).map(|(v, _)| *v).collect();
-                noise.add(&mut trained)?;
-                let mut noised = trained.into_iter();
-                for (v, _) in delta.iter_mut().zip(mask).filter(|(_, t)| **t) {
-                    *v = noised.next().expect("one noised value per trained coordinate");
-                }
-            }
+            Some(mask) => on_trained(&mut delta, mask, |v| noise.add(v))?,
         }
         let inv = (1.0 / c.expected_stores) as f32;
         delta.iter_mut().for_each(|v| *v *= inv);

@@ -80,12 +80,15 @@ impl ModelLayout {
         {
             return Err(format!("{p:?} names no parameter of the model"));
         }
-        Ok(self
-            .tensors
+        Ok(self.trained_mask(prefixes).iter().filter(|t| **t).count())
+    }
+
+    /// One flag per value of the flat vector: whether `prefixes` select its tensor.
+    pub fn trained_mask(&self, prefixes: &[String]) -> Vec<bool> {
+        self.tensors
             .iter()
-            .filter(|t| fedfuse_model::params::selected(&t.name, prefixes))
-            .map(TensorSpec::len)
-            .sum())
+            .flat_map(|t| std::iter::repeat_n(fedfuse_model::params::selected(&t.name, prefixes), t.len()))
+            .collect()
     }
 }
 

@@ -203,12 +203,7 @@ pub async fn run_aggregator_with(
     // Central DP: the aggregator's own ledger, beside its database; a broken chain stops it.
     let central = match &opts.policy.central_dp {
         Some(config) => {
-            let trained: Vec<bool> = snapshot
-                .layout
-                .tensors()
-                .iter()
-                .flat_map(|t| std::iter::repeat_n(fedfuse_model::params::selected(&t.name, &opts.plan.trainable), t.len()))
-                .collect();
+            let trained = snapshot.layout.trained_mask(&opts.plan.trainable);
             let privacy =
                 CentralPrivacy::open(config.clone(), &state.ledger_path(), snapshot.layout.len())?.training_only(trained)?;
             let cap = if opts.policy.rounds > 0 { opts.policy.rounds } else { 1 << 20 };
