@@ -114,8 +114,11 @@ struct Cli {
     /// How updates travel: f32, f16 or int8.
     #[arg(long, default_value = "f32")]
     encoding: String,
+    /// Width of every embedding and of the sequence encoder (the MovieLens benchmarks use 64; the
+    /// small default keeps the synthetic run quick).
     #[arg(long, default_value_t = 32)]
     dim: usize,
+    /// How many of a shopper's most recent items the model reads (the benchmarks use 50).
     #[arg(long, default_value_t = 20)]
     max_len: usize,
     /// Hidden width of the MLP head.
@@ -127,6 +130,9 @@ struct Cli {
     /// Dropout in the sequence encoder and the MLP head, while training.
     #[arg(long, default_value_t = ModelShape::default().dropout)]
     dropout: f64,
+    /// `cpu` (burn's flex backend), `gpu` (wgpu on whatever adapter it finds) or `auto` (a real
+    /// GPU through wgpu when there is one, else the CPU with a warning: a software Vulkan adapter
+    /// is ~100× slower than flex, so `auto` passes it over).
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
     /// User-level DP (one shopper = one privacy unit) inside every store, at this ε for the

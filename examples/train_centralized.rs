@@ -45,7 +45,8 @@ struct Cli {
     /// Write the results as JSON here.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// `auto` (GPU if wgpu finds one), `gpu` or `cpu`.
+    /// `auto` (a real GPU through wgpu when there is one, else the CPU with a warning; a software
+    /// Vulkan adapter is passed over), `gpu` (wgpu on whatever adapter it finds) or `cpu` (flex).
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
     /// What to train, comma-separated, each a separate model: `fused` (all branches, learned
