@@ -239,8 +239,9 @@ attempts = {attempts}
 # The store's interactions and catalog: `synthetic` (the built-in generator), `movielens:PATH`
 # (a MovieLens-100K folder) or `csv:DIR` (interactions.csv, catalog.csv, shoppers.csv).
 source = "{source}"
-# When the data holds several stores (synthetic, MovieLens by ZIP digit, a shoppers.csv with a
-# store column): the one whose shoppers are this store's. Empty: every shopper in the data.
+# When the data holds several stores (synthetic: store-00 … store-10; MovieLens by ZIP digit:
+# zip-0 … zip-9, zip-other; a shoppers.csv with a store column): the one whose shoppers are this
+# store's. Empty: every shopper in the data.
 store = "{store}"
 synthetic_seed = {synthetic_seed}
 # Seed of the 99 sampled negatives of the evaluation split.

@@ -49,11 +49,18 @@ enum Command {
     },
     /// Print a commented configuration with every default, to start from.
     ///
-    /// Example: fedfuse-client template --store berlin-01 > store.toml
+    /// Example: fedfuse-client template --store berlin-01 --data-store store-03 > berlin-01.toml
     Template {
-        /// Fills in [data] store and the bundle's file name.
+        /// This store's name, as `fedfuse-server issue-store --store` gave it: fills in the
+        /// bundle's file name.
         #[arg(long)]
         store: Option<String>,
+        /// Which of the data's stores holds this store's shoppers ([data] store), when the data
+        /// holds several: `store-00` … `store-10` in the built-in synthetic data, `zip-0` …
+        /// `zip-9` and `zip-other` in MovieLens-100K. Left out: every shopper in the data (a
+        /// store whose files are its own).
+        #[arg(long)]
+        data_store: Option<String>,
     },
 }
 
@@ -66,10 +73,12 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Template { store } => {
+        Command::Template { store, data_store } => {
             let mut c = AgentConfig::default();
             if let Some(s) = store {
                 c.agent.bundle = PathBuf::from(format!("{s}.bundle.toml"));
+            }
+            if let Some(s) = data_store {
                 c.data.store = s;
             }
             print!("{}", c.to_commented_toml());
