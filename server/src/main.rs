@@ -248,6 +248,55 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A round's recorded metrics as `status` shows them: the stores' pooled validation of the model
+/// they were offered and the platform's fine-tuning in words, anything else as `name=value`.
+fn round_summary(metrics: &[(String, f64)]) -> String {
+    let get = |k: &str| metrics.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+    let mut parts = Vec::new();
+    if let (Some(version), Some(hr), Some(ndcg)) = (
+        get("federated_validation_version"),
+        get("federated_validation_hr10"),
+        get("federated_validation_ndcg10"),
+    ) {
+        parts.push(format!(
+            "stores' validation of version {version}: HR@10 {hr:.4} NDCG@10 {ndcg:.4} ({} shoppers, {} stores)",
+            get("federated_validation_shoppers").unwrap_or(0.0),
+            get("federated_validation_stores").unwrap_or(0.0),
+        ));
+    }
+    if let (Some(before), Some(after)) = (
+        get("fine_tune_validation_hr10_before"),
+        get("fine_tune_validation_hr10_after"),
+    ) {
+        let kept = match get("fine_tune_kept") {
+            Some(k) if k > 0.0 => "kept",
+            Some(_) => "discarded",
+            None => "",
+        };
+        let ndcg = match (
+            get("fine_tune_validation_ndcg10_before"),
+            get("fine_tune_validation_ndcg10_after"),
+        ) {
+            (Some(b), Some(a)) => format!(", NDCG@10 {b:.4} -> {a:.4}"),
+            _ => String::new(),
+        };
+        parts.push(
+            format!("platform fine-tuning: HR@10 {before:.4} -> {after:.4}{ndcg} {kept}")
+                .trim_end()
+                .to_string(),
+        );
+    }
+    let described = |k: &str| k.starts_with("federated_validation_") || k.starts_with("fine_tune_") && k != "fine_tune_seconds";
+    for (name, value) in metrics.iter().filter(|(n, _)| !described(n)) {
+        if value.fract() == 0.0 && value.abs() < 1e15 {
+            parts.push(format!("{name}={value}"));
+        } else {
+            parts.push(format!("{name}={value:.4}"));
+        }
+    }
+    parts.join("; ")
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -446,14 +495,13 @@ fn main() -> anyhow::Result<()> {
             }
             println!("\n{:>6} {:>8} {:>8}  hash", "round", "version", "updates");
             for r in state.rounds()? {
-                let metrics: Vec<String> = r.metrics.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
                 println!(
                     "{:>6} {:>8} {:>8}  {}  {}",
                     r.round_id,
                     r.version,
                     r.updates,
                     &hex(&r.content_hash)[..16],
-                    metrics.join(" ")
+                    round_summary(&r.metrics)
                 );
             }
             println!(
@@ -522,4 +570,41 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_summary;
+
+    fn m(pairs: &[(&str, f64)]) -> Vec<(String, f64)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn a_round_reads_in_words() {
+        let text = round_summary(&m(&[
+            ("federated_validation_version", 1.0),
+            ("federated_validation_hr10", 0.45950459),
+            ("federated_validation_ndcg10", 0.3448),
+            ("federated_validation_shoppers", 7186.0),
+            ("federated_validation_stores", 2.0),
+            ("fine_tune_validation_hr10_before", 0.086),
+            ("fine_tune_validation_hr10_after", 0.0753),
+            ("fine_tune_validation_ndcg10_before", 0.031),
+            ("fine_tune_validation_ndcg10_after", 0.028),
+            ("fine_tune_kept", 0.0),
+            ("fine_tune_seconds", 1.25),
+        ]));
+        assert_eq!(
+            text,
+            "stores' validation of version 1: HR@10 0.4595 NDCG@10 0.3448 (7186 shoppers, 2 stores); \
+             platform fine-tuning: HR@10 0.0860 -> 0.0753, NDCG@10 0.0310 -> 0.0280 discarded; fine_tune_seconds=1.2500"
+        );
+        // Unknown metrics pass through; whole numbers print without decimals.
+        assert_eq!(
+            round_summary(&m(&[("updates_rejected", 3.0), ("x", 0.5)])),
+            "updates_rejected=3; x=0.5000"
+        );
+        assert_eq!(round_summary(&[]), "");
+    }
 }
