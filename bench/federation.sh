@@ -42,6 +42,8 @@
 #   fed_e3ctx25tie fed_e3ctx25 the same way
 #   fed_e4ctx25tie 4 local epochs a round on context windows, same-second events shuffled
 #   fed_e3ctx25tie30 fed_e3ctx25tie for 30 rounds (constant rate: its first 20 rounds are fed_e3ctx25tie's)
+#   fed_e3ctx25tiex fed_e3ctx25tie with every store's exact softmax over all items (--in-batch 0
+#              --uniform 1682), the loss the centralized reference trains with: like for like
 #   fed_pool_e2  every shopper in one store (--pool-stores), 2 epochs a round for 15 rounds: the
 #              federation's recipe with nothing to average (centralized at that recipe)
 #   fed_slr15x30  the first recipe for 30 rounds with server lr 1.5 (SEEDS="1 2 3")
@@ -80,7 +82,7 @@ if [[ ! -f "$DATA/u.data" ]]; then
   echo "skipping: no MovieLens-100K at $DATA (GroupLens terms forbid shipping it)" >&2
   exit 0
 fi
-only="fed_f32,fed_exact,fed_exact40,fed_e1x40,fed_e3,fed_e4x30,fed_e3d04,fed_e3nest,fed_e3forget,fed_e3pm,fed_e2,fed_e2b4,fed_e2lr5,fed_e2ctx25,fed_e3ctx25,fed_e2ctx25tie,fed_e3ctx25tie,fed_e4ctx25tie,fed_e3ctx25tie30,fed_pool_e2,fed_b32e4,fed_tail30,fed_rounds40,fed_hold40,fed_slr15,fed_slr20,fed_m05,fed_prox01,fed_drift,fed_slr15x30,fed_f32_cos,fed_f16,fed_int8,fed_dp8,fed_central8,fed_ft,fed_p10,fed_p10pt,fed_dp8_p10,fed_dp8_p10pt,fed_dp8_p10_lr1,fed_dp8_p10pt_lr1,fed_dp8_p10pt_q1,fed_dp8_p10pt_fusion,fed_dp8_p10pt_dense,fed_p10pt_fusion,fed_p10pt_dense,local"
+only="fed_f32,fed_exact,fed_exact40,fed_e1x40,fed_e3,fed_e4x30,fed_e3d04,fed_e3nest,fed_e3forget,fed_e3pm,fed_e2,fed_e2b4,fed_e2lr5,fed_e2ctx25,fed_e3ctx25,fed_e2ctx25tie,fed_e3ctx25tie,fed_e4ctx25tie,fed_e3ctx25tie30,fed_e3ctx25tiex,fed_pool_e2,fed_b32e4,fed_tail30,fed_rounds40,fed_hold40,fed_slr15,fed_slr20,fed_m05,fed_prox01,fed_drift,fed_slr15x30,fed_f32_cos,fed_f16,fed_int8,fed_dp8,fed_central8,fed_ft,fed_p10,fed_p10pt,fed_dp8_p10,fed_dp8_p10pt,fed_dp8_p10_lr1,fed_dp8_p10pt_lr1,fed_dp8_p10pt_q1,fed_dp8_p10pt_fusion,fed_dp8_p10pt_dense,fed_p10pt_fusion,fed_p10pt_dense,local"
 case "${1:-}" in
   --only) only="$2" ;;
   --render) only="" ;;
@@ -128,6 +130,7 @@ for run in ${only//,/ }; do
     fed_e2ctx25tie) run_quickstart fed_e2ctx25tie --local-epochs 2 --batch-size 8 --lr 3e-3 --rounds 20 --encoding f32 --lr-schedule constant --window-stride 25 --shuffle-same-time ;;
     fed_e3ctx25tie) run_quickstart fed_e3ctx25tie --local-epochs 3 --batch-size 8 --lr 3e-3 --rounds 20 --encoding f32 --lr-schedule constant --window-stride 25 --shuffle-same-time ;;
     fed_e3ctx25tie30) run_quickstart fed_e3ctx25tie30 --local-epochs 3 --batch-size 8 --lr 3e-3 --rounds 30 --encoding f32 --lr-schedule constant --window-stride 25 --shuffle-same-time ;;
+    fed_e3ctx25tiex) run_quickstart fed_e3ctx25tiex --local-epochs 3 --batch-size 8 --lr 3e-3 --rounds 20 --encoding f32 --lr-schedule constant --window-stride 25 --shuffle-same-time --in-batch 0 --uniform 1682 ;;
     fed_e4ctx25tie) run_quickstart fed_e4ctx25tie --local-epochs 4 --batch-size 8 --lr 3e-3 --rounds 20 --encoding f32 --lr-schedule constant --window-stride 25 --shuffle-same-time ;;
     fed_pool_e2) run_quickstart fed_pool_e2 --local-epochs 2 --batch-size 8 --lr 3e-3 --rounds 15 --encoding f32 --lr-schedule constant --pool-stores ;;
     fed_exact40) quickstart fed_exact40 --rounds 40 --encoding f32 --lr-schedule constant --in-batch 0 --uniform 1682 ;;
