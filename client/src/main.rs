@@ -133,6 +133,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         .collect();
     tracing::info!(
         store = %bundle.store,
+        data_store = if config.data.store.is_empty() { "(all)" } else { config.data.store.as_str() },
         shoppers = sequences.iter().filter(|s| !s.is_empty()).count(),
         "data loaded from {source}"
     );
