@@ -19,7 +19,7 @@ use std::time::Instant;
 use fedfuse_data::evaluate::Evaluation;
 use fedfuse_data::source::DataSource;
 use fedfuse_data::split::{Split, SplitConfig};
-use fedfuse_model::fit::{DpPlan, Experiment, Grouping, ModelShape, run_dp_experiment, run_experiment};
+use fedfuse_model::fit::{DpPlan, Experiment, Grouping, ModelShape, Selection, run_dp_experiment, run_experiment};
 use fedfuse_model::train::TrainConfig;
 
 fn main() {
@@ -72,6 +72,7 @@ fn main() {
             ..TrainConfig::default()
         },
         patience: 10,
+        selection: Selection::BestValidated,
         only: None,
         grouping: Grouping::Pooled,
     };

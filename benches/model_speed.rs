@@ -128,6 +128,7 @@ fn main() {
     let uniform = CandidateConfig {
         in_batch: 0,
         uniform: 256,
+        exclude_seen: false,
     };
     let b = batch(
         &sequences,

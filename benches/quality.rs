@@ -22,7 +22,7 @@ use fedfuse_baselines::{Ease, Popularity};
 use fedfuse_data::evaluate::{Evaluation, Holdout, evaluate};
 use fedfuse_data::source::DataSource;
 use fedfuse_data::split::{Split, SplitConfig};
-use fedfuse_model::fit::{Experiment, Grouping, ModelShape, run_experiment};
+use fedfuse_model::fit::{Experiment, Grouping, ModelShape, Selection, run_experiment};
 use fedfuse_model::fused::BRANCHES;
 use fedfuse_model::train::TrainConfig;
 use fedfuse_model::window::CandidateConfig;
@@ -65,6 +65,7 @@ fn args() -> Args {
             uniform: value("--uniform").map_or(CandidateConfig::default().uniform, |v| {
                 v.parse().expect("--uniform takes an integer")
             }),
+            exclude_seen: a.iter().any(|x| x == "--exclude-seen"),
         },
         epochs: value("--epochs").map_or(200, |v| v.parse().expect("--epochs takes an integer")),
         patience: value("--patience").map_or(10, |v| v.parse().expect("--patience takes an integer")),
@@ -176,6 +177,7 @@ fn main() {
             shape,
             train: train.clone(),
             patience: args.patience,
+            selection: Selection::BestValidated,
             only,
             grouping: Grouping::Pooled,
         };

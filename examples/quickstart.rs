@@ -188,6 +188,11 @@ struct Cli {
     /// has items turns the sampled softmax into the exact one over every item.
     #[arg(long, default_value_t = CandidateConfig::default().uniform)]
     uniform: usize,
+    /// Leave each shopper's earlier items out of every prediction's softmax in the stores'
+    /// non-private training and the platform's pretraining (see train_centralized
+    /// --exclude-seen).
+    #[arg(long)]
+    exclude_seen: bool,
     /// Every store scores only the last N positions of each training window, reading the
     /// items before them as context (see train_centralized --window-stride). Unset: disjoint
     /// windows.
@@ -475,6 +480,7 @@ fn main() -> anyhow::Result<()> {
                 candidates: CandidateConfig {
                     in_batch: cli.in_batch,
                     uniform: cli.uniform,
+                    exclude_seen: cli.exclude_seen,
                 },
                 seed: cli.seed,
                 shuffle_same_time: same_time.clone(),
@@ -704,6 +710,7 @@ fn main() -> anyhow::Result<()> {
                 .with_candidates(CandidateConfig {
                     in_batch: cli.in_batch,
                     uniform: cli.uniform,
+                    exclude_seen: cli.exclude_seen,
                 })
                 .with_window_stride(cli.window_stride)
                 .with_same_time_shuffle(same_time.clone());
@@ -1018,7 +1025,7 @@ fn main() -> anyhow::Result<()> {
         let report = json!({
             "data": cli.data.to_string(),
             "config": {"rounds": cli.rounds, "local_epochs": cli.local_epochs, "local_steps": cli.local_steps, "lr": cli.lr, "lr_schedule": cli.lr_schedule, "min_lr_fraction": cli.min_lr_fraction, "lr_hold_fraction": cli.lr_hold_fraction, "batch_size": cli.batch_size,
-                "server_optimizer": cli.server_optimizer, "server_lr": cli.server_lr, "server_momentum": cli.server_momentum, "server_nesterov": cli.server_nesterov, "proximal_mu": cli.proximal_mu, "drift_correction": cli.drift_correction, "in_batch": cli.in_batch, "uniform": cli.uniform, "window_stride": cli.window_stride, "shuffle_same_time": cli.shuffle_same_time, "encoding": cli.encoding,
+                "server_optimizer": cli.server_optimizer, "server_lr": cli.server_lr, "server_momentum": cli.server_momentum, "server_nesterov": cli.server_nesterov, "proximal_mu": cli.proximal_mu, "drift_correction": cli.drift_correction, "in_batch": cli.in_batch, "uniform": cli.uniform, "exclude_seen": cli.exclude_seen, "window_stride": cli.window_stride, "shuffle_same_time": cli.shuffle_same_time, "encoding": cli.encoding,
                 "dim": cli.dim, "max_len": cli.max_len, "head": cli.head, "dropout": cli.dropout, "seed": cli.seed,
                 "target_epsilon": cli.target_epsilon, "store_level_epsilon": cli.store_level_epsilon, "delta": cli.delta, "platform_share": cli.platform_share, "pretrain_epochs": cli.pretrain_epochs, "train_only": trainable, "trained_parameters": trained_values, "pool_stores": cli.pool_stores, "pool_moments": cli.pool_moments, "forget_optimizer": cli.forget_optimizer, "serve": format!("{:?}", cli.serve)},
             "rounds": rounds,

@@ -8,6 +8,8 @@
 //! Prints a table (full ranking decides; sampled is for comparison with the literature) and
 //! writes the numbers as JSON with --report.
 
+// The report is one `json!` literal, deeper than serde_json's default macro recursion allows.
+#![recursion_limit = "256"]
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,7 +21,9 @@ use fedfuse_data::metrics::{MeanMetrics, MetricsReport};
 use fedfuse_data::source::DataSource;
 use fedfuse_data::split::{Split, SplitConfig};
 use fedfuse_model::device::{self, DeviceChoice};
-use fedfuse_model::fit::{DpPlan, DpSpend, Experiment, Grouping, ModelShape, Outcome, run_dp_experiment, run_experiment};
+use fedfuse_model::fit::{
+    DpPlan, DpSpend, Experiment, Grouping, ModelShape, Outcome, Selection, run_dp_experiment, run_experiment,
+};
 use fedfuse_model::fused::BRANCHES;
 use fedfuse_model::sequence::EncoderKind;
 use fedfuse_model::train::{Objective, TrainConfig};
@@ -68,6 +72,11 @@ struct Cli {
     /// Epochs without a better validation HR@10 before stopping.
     #[arg(long, default_value_t = 10)]
     patience: usize,
+    /// Test the mean of the weights after every epoch from this one (1-based) to the last,
+    /// instead of the best validated epoch (stochastic weight averaging; set --patience to
+    /// --epochs so that the fit reaches them). Unset: the best validated epoch.
+    #[arg(long, value_name = "EPOCH")]
+    average_from: Option<usize>,
     /// Windows (of up to --max-len predictions) per batch.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
@@ -118,6 +127,11 @@ struct Cli {
     /// Weight of each branch's own loss beside the fused loss (deep supervision).
     #[arg(long, default_value_t = 0.0)]
     branch_loss: f64,
+    /// Leave the shopper's earlier items out of each prediction's softmax (the target
+    /// excepted). Evaluation ranks the catalog minus the shopper's history, so training
+    /// against those items only spends capacity on scores that are never used.
+    #[arg(long)]
+    exclude_seen: bool,
     /// No progress bar or per-epoch lines.
     #[arg(long)]
     quiet: bool,
@@ -198,6 +212,7 @@ fn main() -> anyhow::Result<()> {
         candidates: CandidateConfig {
             in_batch: cli.in_batch,
             uniform: cli.uniform,
+            exclude_seen: cli.exclude_seen,
         },
         objective: cli.loss,
         branch_loss_weight: cli.branch_loss,
@@ -236,6 +251,7 @@ fn main() -> anyhow::Result<()> {
             shape,
             train: train.clone(),
             patience: cli.patience,
+            selection: cli.average_from.map_or(Selection::BestValidated, Selection::AverageFrom),
             only,
             grouping,
         };
@@ -279,6 +295,18 @@ fn main() -> anyhow::Result<()> {
                     outcome
                 }
             };
+            for ((n, (hr, ndcg)), best) in outcome
+                .averaged_epochs
+                .iter()
+                .zip(&outcome.served_validation)
+                .zip(&outcome.best_epochs)
+            {
+                if *n > 0 {
+                    eprintln!(
+                        "tested: the mean of the last {n} epochs' weights, validation HR@10 {hr:.4} NDCG@10 {ndcg:.4} (best single epoch: {best})"
+                    );
+                }
+            }
             print_table(&format!("{branch}, seed {seed}"), &outcome.test);
             runs.push((branch.clone(), seed, outcome));
         }
@@ -328,7 +356,7 @@ fn main() -> anyhow::Result<()> {
             "sampled": mean_metrics(&e.sampled.distinct_timestamps),
         },
         "alone": alone,
-        "per_seed": runs.iter().map(|(b, s, o)| json!({"branches": b, "seed": s, "test": summary(&o.test), "best_epochs": o.best_epochs, "fusion_weights": o.fusion_weights})).collect::<Vec<_>>(),
+        "per_seed": runs.iter().map(|(b, s, o)| json!({"branches": b, "seed": s, "test": summary(&o.test), "best_epochs": o.best_epochs, "averaged_epochs": o.averaged_epochs, "served_validation": o.served_validation, "fusion_weights": o.fusion_weights})).collect::<Vec<_>>(),
         "per_branch": e.components_full.iter().map(|(n, r)| (n.clone(), mean_metrics(&r.overall))).collect::<serde_json::Map<_, _>>(),
         "per_store": e.full.by_store.iter().map(|(s, m)| (store_name(s), mean_metrics(m))).collect::<serde_json::Map<_, _>>(),
         "worst_store": worst_store(&e.full).map(|(s, m)| json!({"store": store_name(&s), "hr10": m.mean.hit_rate, "cases": m.cases})),
@@ -351,8 +379,8 @@ fn main() -> anyhow::Result<()> {
         "config": {
             "dim": cli.dim, "max_len": cli.max_len, "head": cli.head, "encoder": format!("{:?}", cli.encoder),
             "layers": cli.layers, "dropout": cli.dropout, "lr": cli.lr, "batch_size": cli.batch_size,
-            "loss": format!("{:?}", cli.loss), "in_batch": cli.in_batch, "uniform": cli.uniform,
-            "patience": cli.patience, "max_epochs": cli.epochs, "split_seed": cli.split_seed,
+            "loss": format!("{:?}", cli.loss), "in_batch": cli.in_batch, "uniform": cli.uniform, "exclude_seen": cli.exclude_seen,
+            "patience": cli.patience, "average_from": cli.average_from, "max_epochs": cli.epochs, "split_seed": cli.split_seed,
             "window_stride": cli.window_stride, "shuffle_same_time": cli.shuffle_same_time, "warmup": cli.warmup, "weight_decay": cli.weight_decay,
         },
     });

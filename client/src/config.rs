@@ -78,6 +78,9 @@ pub struct TrainingSection {
     pub device: String,
     pub in_batch: usize,
     pub uniform: usize,
+    /// Leave the shopper's earlier items out of each prediction's softmax
+    /// (`fedfuse_model::window::CandidateConfig::exclude_seen`).
+    pub exclude_seen: bool,
     /// Score only the last this many positions of each training window, the rest read as
     /// context (`fedfuse_model::window::context_windows`); 0 cuts disjoint windows.
     pub window_stride: usize,
@@ -97,6 +100,7 @@ impl Default for TrainingSection {
             device: "auto".into(),
             in_batch: 256,
             uniform: 256,
+            exclude_seen: false,
             window_stride: 0,
             shuffle_same_time: false,
             keep_optimizer_state: true,
@@ -259,6 +263,10 @@ device = "{device}"
 # ahead of the sampled one in two of three seeds, at about twice the time a step (BENCHMARKS.md).
 in_batch = {in_batch}
 uniform = {uniform}
+# true leaves the shopper's earlier items out of each prediction's softmax (the target
+# excepted): recommendations never include them, so a model trained to push them down spends
+# capacity on scores that are never used. Non-private rounds only.
+exclude_seen = {exclude_seen}
 # Above 0: every training window reads [model] max_len items and scores only its last
 # window_stride of them, so each prediction trains from at least max_len - window_stride items
 # of history, as it is served (costs max_len / window_stride times the passes). 0 scores every
@@ -307,6 +315,7 @@ ledger = "{ledger}"
             device = t.device,
             in_batch = t.in_batch,
             uniform = t.uniform,
+            exclude_seen = t.exclude_seen,
             window_stride = t.window_stride,
             shuffle_same_time = t.shuffle_same_time,
             keep = t.keep_optimizer_state,

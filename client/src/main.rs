@@ -148,6 +148,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         .with_candidates(CandidateConfig {
             in_batch: config.training.in_batch,
             uniform: config.training.uniform,
+            exclude_seen: config.training.exclude_seen,
         })
         .with_window_stride(Some(config.training.window_stride))
         .with_same_time_shuffle(

@@ -549,7 +549,11 @@ mod tests {
             sequences,
             validation: None,
         };
-        FusedTrainer::new(shape, data, Device::flex(), seed).with_candidates(CandidateConfig { in_batch: 3, uniform: 3 })
+        FusedTrainer::new(shape, data, Device::flex(), seed).with_candidates(CandidateConfig {
+            in_batch: 3,
+            uniform: 3,
+            exclude_seen: false,
+        })
     }
 
     fn plan() -> TrainingPlan {

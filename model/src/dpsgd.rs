@@ -707,6 +707,7 @@ pub fn train_dp_sgd_with(
             let candidates = CandidateConfig {
                 in_batch: 0,
                 uniform: config.negatives,
+                exclude_seen: false,
             };
             batch(
                 reordered.as_deref().unwrap_or(sequences),

@@ -208,6 +208,11 @@ pub struct CandidateConfig {
     pub in_batch: usize,
     /// Draws from the catalog, uniformly.
     pub uniform: usize,
+    /// Leave out of each prediction's softmax the candidates its shopper has already
+    /// interacted with (the target excepted). Evaluation ranks the catalog minus the shopper's
+    /// history, so scores of seen items never matter there; trained against them, the model
+    /// spends capacity pushing down items it will never be asked to rank.
+    pub exclude_seen: bool,
 }
 
 impl Default for CandidateConfig {
@@ -215,6 +220,7 @@ impl Default for CandidateConfig {
         Self {
             in_batch: 256,
             uniform: 256,
+            exclude_seen: false,
         }
     }
 }
@@ -222,7 +228,8 @@ impl Default for CandidateConfig {
 /// A batch on a device. `history` and `target` are `[B, T]` model ids (0 = none); `weight`
 /// `[B, T, 1]` is 1 where a target exists; `candidates` `[1, C]`; `log_q_candidates`
 /// `[1, 1, C]` and `log_q_target` `[B, T, 1]` the sampled-softmax corrections (0 for the
-/// exact softmax); `collides` `[B, T, C]` marks a candidate equal to the row's own target.
+/// exact softmax); `collides` `[B, T, C]` marks a candidate equal to the row's own target
+/// (and, with [`CandidateConfig::exclude_seen`], one its shopper saw before that position).
 #[derive(Debug, Clone)]
 pub struct TrainBatch {
     pub history: Tensor<2, Int>,
@@ -329,11 +336,18 @@ pub fn batch(
     let cand_model: Vec<i64> = cands.iter().map(|i| i64::from(*i) + 1).collect();
     let target_t = Tensor::<2, Int>::from_data(TensorData::new(target, [b, t]), device);
     let cand_t = Tensor::<2, Int>::from_data(TensorData::new(cand_model, [1, c]), device);
-    let collides = target_t
-        .clone()
-        .reshape([b, t, 1])
-        .expand([b, t, c])
-        .equal(cand_t.clone().reshape([1, 1, c]).expand([b, t, c]));
+    let collides = if candidates.exclude_seen {
+        Tensor::from_data(
+            TensorData::new(seen_or_target(sequences, windows, &cands, n_items, t), [b, t, c]),
+            device,
+        )
+    } else {
+        target_t
+            .clone()
+            .reshape([b, t, 1])
+            .expand([b, t, c])
+            .equal(cand_t.clone().reshape([1, 1, c]).expand([b, t, c]))
+    };
     TrainBatch {
         history: Tensor::from_data(TensorData::new(history, [b, t]), device),
         target: target_t,
@@ -344,6 +358,51 @@ pub fn batch(
         collides,
         predictions,
     }
+}
+
+/// The `[B, T, C]` mask (row-major) of candidates equal to a position's target or found
+/// anywhere in its shopper's sequence before it (not only in the window: evaluation leaves
+/// out the whole history).
+fn seen_or_target(sequences: &[Vec<u32>], windows: &[Window], cands: &[u32], n_items: usize, t: usize) -> Vec<bool> {
+    let c = cands.len();
+    let mut mask = vec![false; windows.len() * t * c];
+    // Candidate columns of each item (an item may be drawn more than once).
+    let mut columns: Vec<Vec<u32>> = vec![Vec::new(); n_items];
+    for (j, item) in cands.iter().enumerate() {
+        if let Some(cols) = columns.get_mut(*item as usize) {
+            cols.push(j as u32);
+        }
+    }
+    // Position of each item's first occurrence in the current row's sequence.
+    let mut first_seen = vec![usize::MAX; n_items];
+    for (row, w) in windows.iter().enumerate() {
+        let seq = &sequences[w.shopper as usize];
+        let (start, end) = (w.start as usize, w.end as usize);
+        let first = start - w.context as usize;
+        let at = |p: usize| (row * t + t - (end - first) + (p - first)) * c;
+        for (pos, item) in seq[..end].iter().enumerate() {
+            if let Some(f) = first_seen.get_mut(*item as usize) {
+                *f = (*f).min(pos);
+            }
+        }
+        for (j, item) in cands.iter().enumerate() {
+            let seen_at = first_seen.get(*item as usize).copied().unwrap_or(usize::MAX);
+            for p in start.max(seen_at.saturating_add(1))..end {
+                mask[at(p) + j] = true;
+            }
+        }
+        for p in start..end {
+            for j in columns.get(seq[p] as usize).into_iter().flatten() {
+                mask[at(p) + *j as usize] = true;
+            }
+        }
+        for item in &seq[..end] {
+            if let Some(f) = first_seen.get_mut(*item as usize) {
+                *f = usize::MAX;
+            }
+        }
+    }
+    mask
 }
 
 #[cfg(test)]
@@ -530,7 +589,11 @@ mod tests {
         let seqs = vec![vec![1u32, 2, 1, 2, 1, 2, 3]];
         let w = windows(&seqs, 10);
         let mut rng = SplitMix(9);
-        let cfg = CandidateConfig { in_batch: 4, uniform: 8 };
+        let cfg = CandidateConfig {
+            in_batch: 4,
+            uniform: 8,
+            exclude_seen: false,
+        };
         let b = batch(&seqs, &w, 1000, cfg, 10, &mut rng, &device);
         assert_eq!(b.candidates.dims(), [1, 12]);
         let c: Vec<i64> = b.candidates.to_data().try_to_vec_as::<i64>().unwrap();
@@ -548,5 +611,59 @@ mod tests {
         }
         // The first four are in-batch draws: all are targets.
         assert!(c[..4].iter().all(|id| [2, 3, 4].contains(id)), "{c:?}");
+    }
+
+    #[test]
+    fn exclude_seen_masks_the_whole_earlier_history_and_the_target() {
+        // Data ids; item 0 comes back at position 2; item 1 lies before the first window.
+        let seqs = vec![vec![0u32, 1, 0, 2, 3]];
+        let w = [
+            Window {
+                shopper: 0,
+                start: 4,
+                end: 5,
+                context: 1,
+            },
+            Window {
+                shopper: 0,
+                start: 2,
+                end: 4,
+                context: 0,
+            },
+        ];
+        let (t, f) = (true, false);
+        // Exact softmax: column j is item j. Row 0 predicts only its last position (item 3
+        // after 0, 1, 0, 2); row 1 predicts item 0 (after 0, 1) and item 2 (after 0, 1, 0).
+        let exact: Vec<u32> = (0..5).collect();
+        assert_eq!(
+            seen_or_target(&seqs, &w, &exact, 5, 2),
+            [[f, f, f, f, f], [t, t, t, t, f], [t, t, f, f, f], [t, t, t, f, f]].concat()
+        );
+        // Sampled candidates, item 3 drawn twice: both of its columns are the target's.
+        assert_eq!(
+            seen_or_target(&seqs, &w, &[3, 3, 4, 1], 5, 2),
+            [[f, f, f, f], [t, t, f, t], [f, f, f, t], [f, f, f, t]].concat()
+        );
+        // Through `batch`: the same mask as a tensor.
+        let device = Device::flex();
+        let cfg = CandidateConfig {
+            in_batch: 0,
+            uniform: 5,
+            exclude_seen: true,
+        };
+        let b = batch(&seqs, &w, 5, cfg, 2, &mut SplitMix(1), &device);
+        let mask: Vec<bool> = b.collides.to_data().try_to_vec::<bool>().unwrap();
+        assert_eq!(mask, seen_or_target(&seqs, &w, &exact, 5, 2));
+        // Without the option only the targets' own columns are marked.
+        let plain = CandidateConfig {
+            exclude_seen: false,
+            ..cfg
+        };
+        let b = batch(&seqs, &w, 5, plain, 2, &mut SplitMix(1), &device);
+        let mask: Vec<bool> = b.collides.to_data().try_to_vec::<bool>().unwrap();
+        assert_eq!(
+            mask,
+            [[f, f, f, f, f], [f, f, f, t, f], [t, f, f, f, f], [f, f, t, f, f]].concat()
+        );
     }
 }

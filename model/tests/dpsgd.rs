@@ -47,7 +47,11 @@ fn sample_batch(device: &Device) -> TrainBatch {
     let w = windows(&seqs, 6);
     let last: Vec<_> = (0..3u32).map(|s| *w.iter().find(|x| x.shopper == s).unwrap()).collect();
     let mut rng = SplitMix(5);
-    let candidates = CandidateConfig { in_batch: 0, uniform: 5 };
+    let candidates = CandidateConfig {
+        in_batch: 0,
+        uniform: 5,
+        exclude_seen: false,
+    };
     batch(&seqs, &last, ITEMS, candidates, 6, &mut rng, device)
 }
 

@@ -3,7 +3,7 @@
 
 use fedfuse_data::split::{Split, SplitConfig};
 use fedfuse_data::synthetic::{SyntheticConfig, generate};
-use fedfuse_model::fit::{Experiment, Grouping, ModelShape, run_experiment};
+use fedfuse_model::fit::{Experiment, Grouping, ModelShape, Selection, run_experiment};
 use fedfuse_model::train::TrainConfig;
 
 #[test]
@@ -56,6 +56,7 @@ fn a_fit_reports_validation_on_the_distinct_timestamp_slice_and_stops_early() {
             ..TrainConfig::default()
         },
         patience: 1,
+        selection: Selection::BestValidated,
         only: None,
         grouping: Grouping::Pooled,
     };
@@ -92,4 +93,114 @@ fn a_fit_reports_validation_on_the_distinct_timestamp_slice_and_stops_early() {
         "{hr:?}, best {best}"
     );
     assert_eq!(outcome.test.full.overall.cases, split.test.len());
+}
+
+#[test]
+fn averaging_serves_the_mean_of_the_late_epochs_weights() {
+    use burn::prelude::*;
+    use fedfuse_model::catalog::ItemFeatures;
+    use fedfuse_model::fit::{TITLE_LEN, fit};
+    use fedfuse_model::params::export;
+    use fedfuse_model::train::train;
+
+    let dataset = generate(&SyntheticConfig {
+        shoppers: 60,
+        items: 40,
+        events: 900,
+        ..SyntheticConfig::default()
+    })
+    .unwrap();
+    let split = Split::new(
+        &dataset,
+        &SplitConfig {
+            negatives: 10,
+            ..SplitConfig::default()
+        },
+    )
+    .unwrap();
+    let shape = ModelShape {
+        dim: 8,
+        max_len: 6,
+        ..ModelShape::default()
+    };
+    let features = ItemFeatures::from_catalog(&dataset.catalog);
+    let vocabulary = features.vocabulary(TITLE_LEN);
+    let device = burn::tensor::Device::flex();
+    let train_device = device.clone().autodiff();
+    let train_catalog = features.to_tensors(vocabulary, &train_device);
+    let eval_catalog = features.to_tensors(vocabulary, &device);
+    let sequences = split.train_sequences();
+    let cases: Vec<usize> = (0..split.validation.len()).collect();
+    let config = TrainConfig {
+        epochs: 3,
+        learning_rate: 1e-2,
+        batch_size: 16,
+        max_len: 6,
+        ..TrainConfig::default()
+    };
+    let init = || {
+        device.seed(5);
+        shape.config(&vocabulary).init(&train_device)
+    };
+    // Each epoch's weights, from the same training outside `fit` (deterministic on the CPU).
+    let mut per_epoch = Vec::new();
+    train(init(), &train_catalog, &sequences, &config, |_, m| {
+        per_epoch.push(export(&m.valid()));
+        true
+    })
+    .unwrap();
+
+    let fitted = fit(
+        init(),
+        &train_catalog,
+        &eval_catalog,
+        &sequences,
+        &split,
+        &cases,
+        &config,
+        3,
+        Selection::AverageFrom(2),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(fitted.averaged_epochs, 2);
+    let served = export(&fitted.model);
+    let mut moved = 0;
+    for (k, p) in served.iter().enumerate() {
+        assert_eq!(p.name, per_epoch[2][k].name);
+        for (i, v) in p.values.iter().enumerate() {
+            let (a, b) = (per_epoch[1][k].values[i], per_epoch[2][k].values[i]);
+            let want = (a + b) / 2.0;
+            assert!(
+                (v - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "{}[{i}]: {v} vs {want}",
+                p.name
+            );
+            moved += usize::from(a != b);
+        }
+    }
+    assert!(
+        moved > 1000,
+        "epochs 2 and 3 differ, so the mean is neither: {moved} values moved"
+    );
+    assert!(fitted.epochs.len() == 3 && (0.0..=1.0).contains(&fitted.served_validation.0));
+
+    // A fit that ends before the first averaged epoch serves its best validated epoch.
+    let early = fit(
+        init(),
+        &train_catalog,
+        &eval_catalog,
+        &sequences,
+        &split,
+        &cases,
+        &config,
+        3,
+        Selection::AverageFrom(9),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(early.averaged_epochs, 0);
+    let best = &early.epochs[early.best_epoch];
+    assert_eq!(early.served_validation, (best.validation_hr10, best.validation_ndcg10));
+    assert_eq!(export(&early.model), per_epoch[early.best_epoch]);
 }

@@ -152,8 +152,22 @@ fn training_learns_a_sequential_pattern() {
         // 8 items: the draws cover the catalog, so this is the exact softmax.
         (Objective::SampledSoftmax, CandidateConfig::default()),
         // Fewer draws than items: the sampled, log-q corrected softmax.
-        (Objective::SampledSoftmax, CandidateConfig { in_batch: 3, uniform: 2 }),
-        (Objective::Bpr, CandidateConfig { in_batch: 3, uniform: 2 }),
+        (
+            Objective::SampledSoftmax,
+            CandidateConfig {
+                in_batch: 3,
+                uniform: 2,
+                exclude_seen: false,
+            },
+        ),
+        (
+            Objective::Bpr,
+            CandidateConfig {
+                in_batch: 3,
+                uniform: 2,
+                exclude_seen: false,
+            },
+        ),
     ] {
         let device = Device::flex().autodiff();
         let (m, catalog) = model(&device, 3);

@@ -49,7 +49,11 @@ fn wgpu_training_matches_flex() {
         batch_size: 3,
         learning_rate: 1e-2,
         max_len: 4,
-        candidates: CandidateConfig { in_batch: 2, uniform: 2 },
+        candidates: CandidateConfig {
+            in_batch: 2,
+            uniform: 2,
+            exclude_seen: false,
+        },
         ..TrainConfig::default()
     };
     let run = |device: &Device| {

@@ -10,7 +10,7 @@ use burn::tensor::Device;
 use fedfuse_data::split::Split;
 use fedfuse_model::catalog::ItemFeatures;
 use fedfuse_model::evaluate::validation_hr10_ndcg10;
-use fedfuse_model::fit::{FitEpoch, ModelShape, TITLE_LEN, fit};
+use fedfuse_model::fit::{FitEpoch, ModelShape, Selection, TITLE_LEN, fit};
 use fedfuse_model::params::export;
 use fedfuse_model::train::{InvalidTrainConfig, TrainConfig};
 
@@ -70,6 +70,7 @@ pub fn pretrain(
         validation_cases,
         config,
         patience,
+        Selection::BestValidated,
         on_epoch,
     )?;
     let named = export(&fitted.model);
