@@ -138,10 +138,11 @@ fn averaging_serves_the_mean_of_the_late_epochs_weights() {
         max_len: 6,
         ..TrainConfig::default()
     };
-    let init = || {
-        device.seed(5);
-        shape.config(&vocabulary).init(&train_device)
-    };
+    // One initial model, cloned: the device's seed is global, and tests in this binary run
+    // side by side.
+    device.seed(5);
+    let start = shape.config(&vocabulary).init(&train_device);
+    let init = || start.clone();
     // Each epoch's weights, from the same training outside `fit` (deterministic on the CPU).
     let mut per_epoch = Vec::new();
     train(init(), &train_catalog, &sequences, &config, |_, m| {
