@@ -135,7 +135,9 @@ pub enum Selection {
     /// trained: stochastic weight averaging (Izmailov et al. 2018). On MovieLens-100K single
     /// epochs' validation HR@10 swings by ±0.01 from one epoch to the next late in a cosine
     /// schedule, so the best epoch is a noisy maximum; the average keeps what the late epochs
-    /// share. A fit that stops before this epoch serves its best validated epoch.
+    /// share (BENCHMARKS.md: with seen items left out of the softmax it lifted the shoppers
+    /// free of the split's id-order tie-break, without them nothing measurable). A fit that
+    /// stops before this epoch serves its best validated epoch.
     AverageFrom(usize),
 }
 

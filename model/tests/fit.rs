@@ -151,19 +151,22 @@ fn averaging_serves_the_mean_of_the_late_epochs_weights() {
     })
     .unwrap();
 
-    let fitted = fit(
-        init(),
-        &train_catalog,
-        &eval_catalog,
-        &sequences,
-        &split,
-        &cases,
-        &config,
-        3,
-        Selection::AverageFrom(2),
-        |_| {},
-    )
-    .unwrap();
+    let fit_with = |selection| {
+        fit(
+            init(),
+            &train_catalog,
+            &eval_catalog,
+            &sequences,
+            &split,
+            &cases,
+            &config,
+            3,
+            selection,
+            |_| {},
+        )
+        .unwrap()
+    };
+    let fitted = fit_with(Selection::AverageFrom(2));
     assert_eq!(fitted.averaged_epochs, 2);
     let served = export(&fitted.model);
     let mut moved = 0;
@@ -187,19 +190,7 @@ fn averaging_serves_the_mean_of_the_late_epochs_weights() {
     assert!(fitted.epochs.len() == 3 && (0.0..=1.0).contains(&fitted.served_validation.0));
 
     // A fit that ends before the first averaged epoch serves its best validated epoch.
-    let early = fit(
-        init(),
-        &train_catalog,
-        &eval_catalog,
-        &sequences,
-        &split,
-        &cases,
-        &config,
-        3,
-        Selection::AverageFrom(9),
-        |_| {},
-    )
-    .unwrap();
+    let early = fit_with(Selection::AverageFrom(9));
     assert_eq!(early.averaged_epochs, 0);
     let best = &early.epochs[early.best_epoch];
     assert_eq!(early.served_validation, (best.validation_hr10, best.validation_ndcg10));
