@@ -183,6 +183,7 @@ pub fn fit(
     let mut best: Option<((f64, f64), usize, FusedRecommender)> = None;
     let mut epochs = Vec::new();
     let mut average = WeightSum::default();
+    let mut averaging_failed = None;
     let validate = |model: &FusedRecommender| {
         let mut acc = EvalAccumulator::default();
         evaluate_into(
@@ -200,7 +201,10 @@ pub fn fit(
         if let Selection::AverageFrom(first) = selection
             && report.epoch + 1 >= first
         {
-            average.add(&crate::params::export(&valid));
+            if let Err(e) = average.add(&crate::params::export(&valid)) {
+                averaging_failed = Some(e);
+                return false;
+            }
         }
         let e = validate(&valid);
         let epoch = FitEpoch {
@@ -220,55 +224,52 @@ pub fn fit(
         since_best < patience.max(1)
     })?;
     let (best_score, best_epoch, best_model) = best.unwrap_or_else(|| ((0.0, 0.0), 0, last.valid()));
-    let (model, served_validation) = match average.mean() {
-        Some(mean) => {
-            let averaged = crate::params::import(last.valid(), &mean)
-                .map_err(|e| InvalidTrainConfig(format!("averaging the epochs' weights: {e}")))?;
-            let e = validate(&averaged);
-            let score = (e.full.overall.mean.hit_rate, e.full.overall.mean.ndcg);
-            (averaged, score)
-        }
-        None => (best_model, best_score),
+    let averaging = |e: &dyn std::fmt::Display| InvalidTrainConfig(format!("averaging the epochs' weights: {e}"));
+    if let Some(e) = averaging_failed {
+        return Err(averaging(&e));
+    }
+    let averaged_epochs = average.count();
+    let (model, served_validation) = if averaged_epochs == 0 {
+        (best_model, best_score)
+    } else {
+        let mean = average.finish().map_err(|e| averaging(&e))?;
+        let averaged = crate::params::import(last.valid(), &mean).map_err(|e| averaging(&e))?;
+        let e = validate(&averaged);
+        (averaged, (e.full.overall.mean.hit_rate, e.full.overall.mean.ndcg))
     };
     Ok(Fitted {
         model,
         best_epoch,
-        averaged_epochs: average.count,
+        averaged_epochs,
         served_validation,
         epochs,
         train_seconds: started.elapsed().as_secs_f64(),
     })
 }
 
-/// Running sums of named parameters, for [`Selection::AverageFrom`] (f64, so that the mean of
-/// many epochs loses nothing to rounding).
+/// The mean of whole models, by name, for [`Selection::AverageFrom`].
 #[derive(Default)]
 struct WeightSum {
-    sums: Vec<(crate::params::NamedParam, Vec<f64>)>,
-    count: usize,
+    layout: Vec<(String, Vec<usize>)>,
+    mean: crate::param_mean::ParamMean,
 }
 
 impl WeightSum {
-    fn add(&mut self, params: &[crate::params::NamedParam]) {
-        if self.sums.is_empty() {
-            self.sums = params.iter().map(|p| (p.clone(), vec![0.0; p.values.len()])).collect();
+    fn add(&mut self, params: &[crate::params::NamedParam]) -> Result<(), crate::param_mean::ParamMeanError> {
+        if self.layout.is_empty() {
+            self.layout = params.iter().map(|p| (p.name.clone(), p.shape.clone())).collect();
         }
-        for ((_, sum), p) in self.sums.iter_mut().zip(params) {
-            sum.iter_mut().zip(&p.values).for_each(|(s, v)| *s += f64::from(*v));
-        }
-        self.count += 1;
+        let flat: Vec<f32> = params.iter().flat_map(|p| p.values.iter().copied()).collect();
+        self.mean.add(&flat)
     }
 
-    fn mean(&self) -> Option<Vec<crate::params::NamedParam>> {
-        (self.count > 0).then(|| {
-            self.sums
-                .iter()
-                .map(|(p, sum)| crate::params::NamedParam {
-                    values: sum.iter().map(|s| (s / self.count as f64) as f32).collect(),
-                    ..p.clone()
-                })
-                .collect()
-        })
+    fn count(&self) -> usize {
+        self.mean.models()
+    }
+
+    fn finish(self) -> Result<Vec<crate::params::NamedParam>, String> {
+        let flat = self.mean.finish().map_err(|e| e.to_string())?;
+        crate::params::unflatten(&self.layout, &flat).map_err(|e| e.to_string())
     }
 }
 

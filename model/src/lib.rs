@@ -34,6 +34,7 @@ pub mod fit;
 pub mod fused;
 pub mod item_tower;
 pub mod moments;
+pub mod param_mean;
 pub mod params;
 pub mod recommend;
 pub mod sequence;

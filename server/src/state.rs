@@ -17,7 +17,8 @@ use crate::aggregate::optimizer::{ServerOptimizerConfig, ServerOptimizerState};
 use crate::layout::{ModelLayout, TensorSpec};
 use crate::pki::write_atomic;
 use crate::selection::ValidatedModel;
-use crate::tail_average::{AveragedModel, TailAverage, TailAverageError, last_rounds};
+use crate::tail_average::{AveragedModel, last_rounds};
+use fedfuse_model::param_mean::{ParamMean, ParamMeanError};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const ROUNDS: TableDefinition<u64, &[u8]> = TableDefinition::new("rounds");
@@ -37,7 +38,7 @@ pub enum StateError {
     #[error("state database: {0}")]
     Corrupt(String),
     #[error("averaging the last models: {0}")]
-    TailAverage(#[from] TailAverageError),
+    TailAverage(#[from] ParamMeanError),
     #[error("model cannot be stored or sent: {0}")]
     Unencodable(String),
 }
@@ -430,7 +431,7 @@ impl AggregatorState {
         let records = self.rounds()?;
         let ids: Vec<u64> = records.iter().map(|r| r.round_id).collect();
         let chosen = last_rounds(&ids, k);
-        let mut sum = TailAverage::default();
+        let mut sum = ParamMean::default();
         let mut layout: Option<ModelLayout> = None;
         let mut averaged = AveragedModel {
             versions: Vec::with_capacity(chosen.len()),
