@@ -200,11 +200,10 @@ pub fn fit(
         let valid = m.valid();
         if let Selection::AverageFrom(first) = selection
             && report.epoch + 1 >= first
+            && let Err(e) = average.add(&crate::params::export(&valid))
         {
-            if let Err(e) = average.add(&crate::params::export(&valid)) {
-                averaging_failed = Some(e);
-                return false;
-            }
+            averaging_failed = Some(e);
+            return false;
         }
         let e = validate(&valid);
         let epoch = FitEpoch {
