@@ -20,6 +20,7 @@ use fedfuse_data::evaluate::Evaluation;
 use fedfuse_data::source::DataSource;
 use fedfuse_data::split::{Split, SplitConfig};
 use fedfuse_model::fit::{DpPlan, Experiment, Grouping, ModelShape, Selection, run_dp_experiment, run_experiment};
+use fedfuse_model::fused::Scoring;
 use fedfuse_model::train::TrainConfig;
 
 fn main() {
@@ -73,7 +74,7 @@ fn main() {
         },
         patience: 10,
         selection: Selection::BestValidated,
-        only: None,
+        scoring: Scoring::Fused,
         grouping: Grouping::Pooled,
     };
     let m = |e: &Evaluation| {

@@ -23,7 +23,7 @@ use fedfuse_data::evaluate::{Evaluation, Holdout, evaluate};
 use fedfuse_data::source::DataSource;
 use fedfuse_data::split::{Split, SplitConfig};
 use fedfuse_model::fit::{Experiment, Grouping, ModelShape, Selection, run_experiment};
-use fedfuse_model::fused::BRANCHES;
+use fedfuse_model::fused::{BRANCHES, Scoring};
 use fedfuse_model::train::TrainConfig;
 use fedfuse_model::window::CandidateConfig;
 
@@ -54,9 +54,13 @@ fn args() -> Args {
             .iter()
             .map(|s| s.parse().expect("--seeds takes integers"))
             .collect(),
-        only: value("--only")
-            .map(list)
-            .unwrap_or_else(|| std::iter::once("fused").chain(BRANCHES).map(str::to_owned).collect()),
+        only: value("--only").map(list).unwrap_or_else(|| {
+            std::iter::once("fused")
+                .chain(BRANCHES)
+                .chain(["sasrec"])
+                .map(str::to_owned)
+                .collect()
+        }),
         write: !a.iter().any(|x| x == "--no-write"),
         candidates: CandidateConfig {
             in_batch: value("--in-batch").map_or(CandidateConfig::default().in_batch, |v| {
@@ -165,11 +169,7 @@ fn main() {
     let device = burn::tensor::Device::flex();
     let mut examples_per_second = Vec::new();
     for name in &args.only {
-        let only = if name == "fused" {
-            None
-        } else {
-            Some(BRANCHES.iter().position(|b| b == name).expect("a branch name"))
-        };
+        let scoring: Scoring = name.parse().expect("a branch name");
         let experiment = Experiment {
             dataset: &dataset,
             split: &split,
@@ -178,7 +178,7 @@ fn main() {
             train: train.clone(),
             patience: args.patience,
             selection: Selection::BestValidated,
-            only,
+            scoring,
             grouping: Grouping::Pooled,
         };
         let mut per_seed = Vec::new();
@@ -198,10 +198,10 @@ fn main() {
             examples_per_second.push((name.clone(), outcome.examples_per_second));
         }
         let (mean, std) = mean_std(&per_seed);
-        let label = if only.is_none() {
-            "fused (all branches)".to_string()
-        } else {
-            format!("{name} branch alone")
+        let label = match scoring {
+            Scoring::Fused => "fused (all branches)".to_string(),
+            Scoring::SasRec => "SASRec (the seq branch on item IDs alone), this loop".to_string(),
+            Scoring::Branch(_) => format!("{name} branch alone"),
         };
         rows.push((label, mean, Some(std), format!("best epochs {epochs:?}")));
     }

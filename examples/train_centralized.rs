@@ -24,7 +24,7 @@ use fedfuse_model::device::{self, DeviceChoice};
 use fedfuse_model::fit::{
     DpPlan, DpSpend, Experiment, Grouping, ModelShape, Outcome, Selection, run_dp_experiment, run_experiment,
 };
-use fedfuse_model::fused::BRANCHES;
+use fedfuse_model::fused::Scoring;
 use fedfuse_model::sequence::EncoderKind;
 use fedfuse_model::train::{Objective, TrainConfig};
 use fedfuse_model::window::{CandidateConfig, SameTimeRuns};
@@ -54,7 +54,8 @@ struct Cli {
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
     /// What to train, comma-separated, each a separate model: `fused` (all branches, learned
-    /// fusion) or a single branch trained alone: cf, content, seq, mlp.
+    /// fusion), a single branch trained alone (cf, content, seq, mlp) or `sasrec` (the seq branch
+    /// reading and scoring items by ID alone: the SASRec baseline, trained by the same loop).
     #[arg(long, default_value = "fused", value_delimiter = ',')]
     branches: Vec<String>,
     /// `pooled` or `local-only` (every store alone).
@@ -235,15 +236,7 @@ fn main() -> anyhow::Result<()> {
     let mut runs: Vec<(String, u64, Outcome)> = Vec::new();
     let mut spends: Vec<DpSpend> = Vec::new();
     for branch in &cli.branches {
-        let only = match branch.as_str() {
-            "fused" => None,
-            b => Some(
-                BRANCHES
-                    .iter()
-                    .position(|n| *n == b)
-                    .with_context(|| format!("unknown branch {b:?}: use fused, cf, content, seq or mlp"))?,
-            ),
-        };
+        let scoring: Scoring = branch.parse().map_err(anyhow::Error::msg)?;
         let experiment = Experiment {
             dataset: &dataset,
             split: &split,
@@ -252,7 +245,7 @@ fn main() -> anyhow::Result<()> {
             train: train.clone(),
             patience: cli.patience,
             selection: cli.average_from.map_or(Selection::BestValidated, Selection::AverageFrom),
-            only,
+            scoring,
             grouping,
         };
         for &seed in &cli.seeds {

@@ -14,7 +14,7 @@ use fedfuse_privacy::plan::{Accountant, noise_multiplier_for};
 use crate::catalog::{CatalogTensors, ItemFeatures, Vocabulary};
 use crate::dpsgd::{DpSgdConfig, train_dp_sgd_with};
 use crate::evaluate::FusedScorer;
-use crate::fused::{FusedConfig, FusedRecommender};
+use crate::fused::{FusedConfig, FusedRecommender, Scoring};
 use crate::item_tower::ItemTowerConfig;
 use crate::sequence::{EncoderKind, SequenceEncoderConfig};
 use crate::train::InvalidTrainConfig;
@@ -300,8 +300,8 @@ pub struct Experiment<'a> {
     pub patience: usize,
     /// Which epoch's (or epochs') model is tested.
     pub selection: Selection,
-    /// Train and score with this branch alone.
-    pub only: Option<usize>,
+    /// Fused, one branch alone, or SASRec.
+    pub scoring: Scoring,
     pub grouping: Grouping,
 }
 
@@ -386,7 +386,7 @@ pub fn run_experiment(
     for group in groups(experiment.dataset, experiment.split, experiment.grouping) {
         experiment.device.seed(seed);
         let mut model = experiment.shape.config(&vocabulary).init(&train_device);
-        model.only = experiment.only;
+        experiment.scoring.apply(&mut model);
         let fitted = fit(
             model,
             &train_catalog,
@@ -510,7 +510,7 @@ pub fn run_dp_experiment(
     for group in groups(experiment.dataset, experiment.split, experiment.grouping) {
         experiment.device.seed(seed);
         let mut model = experiment.shape.config(&vocabulary).init(&train_device);
-        model.only = experiment.only;
+        experiment.scoring.apply(&mut model);
         let shoppers = group.sequences.iter().filter(|s| s.len() > 1).count();
         let dims = model.num_params();
         let (mut config, mut spend) = plan_dp_sgd(plan, shoppers, dims, experiment.shape.max_len)?;

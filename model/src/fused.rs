@@ -50,6 +50,48 @@ impl FusedConfig {
             alpha: Initializer::Zeros.init([1, BRANCHES.len()], device),
             content_scale: Initializer::Constant { value: 5f64.ln() }.init([1, 1], device),
             only: None,
+            items_by_id: false,
+        }
+    }
+}
+
+/// What a model scores with: the fused branches, one branch alone, or SASRec.
+///
+/// SASRec (Kang & McAuley 2018) is the sequence branch reading and scoring items by their ID
+/// vectors alone: the published baseline the quality bar quotes, trained here by the
+/// same loop, split and metrics as the fused model so that the two are compared like for like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scoring {
+    Fused,
+    /// One of [`BRANCHES`], trained and scored alone.
+    Branch(usize),
+    /// The sequence branch over item-ID vectors (no content features).
+    SasRec,
+}
+
+impl Scoring {
+    /// Sets the model up to score this way (the model's parameters do not change: a branch
+    /// left out, or SASRec's unused content tables, simply receive no gradient).
+    pub fn apply(self, model: &mut FusedRecommender) {
+        (model.only, model.items_by_id) = match self {
+            Scoring::Fused => (None, false),
+            Scoring::Branch(k) => (Some(k), false),
+            Scoring::SasRec => (Some(2), true),
+        };
+    }
+}
+
+impl std::str::FromStr for Scoring {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fused" => Ok(Scoring::Fused),
+            "sasrec" => Ok(Scoring::SasRec),
+            b => BRANCHES
+                .iter()
+                .position(|n| *n == b)
+                .map(Scoring::Branch)
+                .ok_or_else(|| format!("unknown branch {b:?}: use fused, cf, content, seq, mlp or sasrec")),
         }
     }
 }
@@ -69,6 +111,9 @@ pub struct FusedRecommender {
     /// Score with this branch alone (to train and measure single branches).
     #[module(skip)]
     pub only: Option<usize>,
+    /// The sequence branch and the MLP head see items by their ID vectors alone (SASRec).
+    #[module(skip)]
+    pub items_by_id: bool,
 }
 
 /// Shoppers as the model sees them, after every position of their histories: `[B, T, d]`
@@ -126,6 +171,11 @@ fn dot_pairs(a: Tensor<3>, b: Tensor<3>) -> Tensor<3> {
 }
 
 impl FusedRecommender {
+    /// The item vector the sequence branch and the MLP head see.
+    fn item_vector(&self, v: &ItemVectors) -> Tensor<3> {
+        if self.items_by_id { v.id.clone() } else { v.item() }
+    }
+
     fn wants(&self, k: usize) -> bool {
         self.only.is_none_or(|o| o == k)
     }
@@ -142,7 +192,7 @@ impl FusedRecommender {
         let keep = history.clone().equal_elem(crate::PAD).bool_not().float().reshape([b, t, 1]);
         let count = keep.clone().cumsum(1).clamp_min(1.0);
         let running_mean = |x: Tensor<3>| (x * keep.clone()).cumsum(1) / count.clone();
-        let encoded = self.sequence.forward(vectors.item(), history);
+        let encoded = self.sequence.forward(self.item_vector(vectors), history);
         ShopperStates {
             id_profile: running_mean(vectors.id.clone()),
             content_profile: running_mean(vectors.content.clone()),
@@ -158,7 +208,7 @@ impl FusedRecommender {
 
     /// Scores every candidate (`[E, C]` item vectors) at every position of every shopper.
     pub fn score(&self, s: &ShopperStates, candidates: &ItemVectors) -> Scores {
-        let item = candidates.item();
+        let item = self.item_vector(candidates);
         let cf = self.wants(0).then(|| dot_all(s.id_profile.clone(), candidates.id.clone()));
         let content = self.wants(1).then(|| {
             dot_all(
@@ -173,7 +223,7 @@ impl FusedRecommender {
 
     /// Scores one item per position (`[B, T]` item vectors): the training targets.
     pub fn score_pairs(&self, s: &ShopperStates, targets: &ItemVectors) -> Scores {
-        let item = targets.item();
+        let item = self.item_vector(targets);
         let cf = self.wants(0).then(|| dot_pairs(s.id_profile.clone(), targets.id.clone()));
         let content = self.wants(1).then(|| {
             dot_pairs(l2_normalise(s.content_profile.clone()), l2_normalise(targets.content.clone())) * self.content_scale()

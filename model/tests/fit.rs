@@ -4,6 +4,7 @@
 use fedfuse_data::split::{Split, SplitConfig};
 use fedfuse_data::synthetic::{SyntheticConfig, generate};
 use fedfuse_model::fit::{Experiment, Grouping, ModelShape, Selection, run_experiment};
+use fedfuse_model::fused::Scoring;
 use fedfuse_model::train::TrainConfig;
 
 #[test]
@@ -57,7 +58,7 @@ fn a_fit_reports_validation_on_the_distinct_timestamp_slice_and_stops_early() {
         },
         patience: 1,
         selection: Selection::BestValidated,
-        only: None,
+        scoring: Scoring::Fused,
         grouping: Grouping::Pooled,
     };
     let mut epochs = Vec::new();

@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use fedfuse_model::catalog::CatalogTensors;
 use fedfuse_model::dpsgd::{DpSgdConfig, train_dp_sgd};
-use fedfuse_model::fused::{FusedConfig, FusedRecommender};
+use fedfuse_model::fused::{FusedConfig, FusedRecommender, Scoring};
 use fedfuse_model::item_tower::ItemTowerConfig;
 use fedfuse_model::params::{NamedParam, export, import};
 use fedfuse_model::sequence::{EncoderKind, SequenceEncoderConfig};
@@ -71,6 +71,36 @@ fn padding_does_not_change_scores() {
         let other = scores(&m, &catalog, vec![0, 0, 0, 0, 5, 4, 3], &device);
         assert_ne!(short[4], other[4], "{kind:?}");
     }
+}
+
+/// SASRec is the sequence branch on item IDs alone: its scores cannot move when every item's
+/// content features change, while the seq branch's (ID + content) must.
+#[test]
+fn sasrec_scores_ignore_content_features() {
+    let device = Device::flex();
+    let (mut m, catalog) = model(&device, 3);
+    let mut other = features();
+    other.category.rotate_left(1);
+    other.brand.reverse();
+    other.price_band.rotate_right(2);
+    other.title.rotate_left(3);
+    let other = other.to_tensors(features().vocabulary(4), &device);
+    let last = |s: Vec<Vec<f32>>| s.last().cloned().unwrap();
+    for (scoring, moves) in [(Scoring::SasRec, false), (Scoring::Branch(2), true)] {
+        scoring.apply(&mut m);
+        let a = last(scores(&m, &catalog, vec![1, 2, 3], &device));
+        let b = last(scores(&m, &other, vec![1, 2, 3], &device));
+        assert_eq!(a.len(), ITEMS);
+        let largest = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        if moves {
+            assert!(largest > 1e-3, "{scoring:?}: content changed nothing ({largest})");
+        } else {
+            assert_eq!(a, b, "{scoring:?}");
+        }
+    }
+    assert_eq!("sasrec".parse::<Scoring>(), Ok(Scoring::SasRec));
+    assert_eq!("mlp".parse::<Scoring>(), Ok(Scoring::Branch(3)));
+    assert!("bert4rec".parse::<Scoring>().unwrap_err().contains("sasrec"));
 }
 
 #[test]
