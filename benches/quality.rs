@@ -30,7 +30,8 @@ use fedfuse_model::window::CandidateConfig;
 struct Args {
     data: PathBuf,
     seeds: Vec<u64>,
-    only: Vec<String>,
+    /// Each model to train, by name (fused, a branch, sasrec).
+    only: Vec<(String, Scoring)>,
     write: bool,
     candidates: CandidateConfig,
     /// Epochs the cosine decays over (training stops there at the latest).
@@ -54,13 +55,21 @@ fn args() -> Args {
             .iter()
             .map(|s| s.parse().expect("--seeds takes integers"))
             .collect(),
-        only: value("--only").map(list).unwrap_or_else(|| {
-            std::iter::once("fused")
-                .chain(BRANCHES)
-                .chain(["sasrec"])
-                .map(str::to_owned)
-                .collect()
-        }),
+        only: value("--only")
+            .map(list)
+            .unwrap_or_else(|| {
+                std::iter::once("fused")
+                    .chain(BRANCHES)
+                    .chain(["sasrec"])
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .into_iter()
+            .map(|name| {
+                let scoring = name.parse().unwrap_or_else(|e| panic!("--only: {e}"));
+                (name, scoring)
+            })
+            .collect(),
         write: !a.iter().any(|x| x == "--no-write"),
         candidates: CandidateConfig {
             in_batch: value("--in-batch").map_or(CandidateConfig::default().in_batch, |v| {
@@ -168,8 +177,7 @@ fn main() {
     };
     let device = burn::tensor::Device::flex();
     let mut examples_per_second = Vec::new();
-    for name in &args.only {
-        let scoring: Scoring = name.parse().expect("a branch name");
+    for (name, scoring) in args.only.iter().cloned() {
         let experiment = Experiment {
             dataset: &dataset,
             split: &split,

@@ -173,6 +173,12 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let scorings = cli
+        .branches
+        .iter()
+        .map(|b| b.parse::<Scoring>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
     let started = Instant::now();
     let dataset = cli
         .data
@@ -235,8 +241,7 @@ fn main() -> anyhow::Result<()> {
     });
     let mut runs: Vec<(String, u64, Outcome)> = Vec::new();
     let mut spends: Vec<DpSpend> = Vec::new();
-    for branch in &cli.branches {
-        let scoring: Scoring = branch.parse().map_err(anyhow::Error::msg)?;
+    for (branch, &scoring) in cli.branches.iter().zip(&scorings) {
         let experiment = Experiment {
             dataset: &dataset,
             split: &split,
