@@ -189,8 +189,8 @@ struct Cli {
     #[arg(long, default_value_t = CandidateConfig::default().uniform)]
     uniform: usize,
     /// Leave each shopper's earlier items out of every prediction's softmax in the stores'
-    /// non-private training and the platform's pretraining (see train_centralized
-    /// --exclude-seen).
+    /// training (DP-SGD rounds included) and the platform's pretraining (see
+    /// train_centralized --exclude-seen).
     #[arg(long)]
     exclude_seen: bool,
     /// Every store scores only the last N positions of each training window, reading the

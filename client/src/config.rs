@@ -265,7 +265,8 @@ in_batch = {in_batch}
 uniform = {uniform}
 # true leaves the shopper's earlier items out of each prediction's softmax (the target
 # excepted): recommendations never include them, so a model trained to push them down spends
-# capacity on scores that are never used. Non-private rounds only.
+# capacity on scores that are never used. DP-SGD rounds too (each shopper's mask comes from
+# that shopper's own history, so the privacy charged does not change).
 exclude_seen = {exclude_seen}
 # Above 0: every training window reads [model] max_len items and scores only its last
 # window_stride of them, so each prediction trains from at least max_len - window_stride items

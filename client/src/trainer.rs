@@ -322,6 +322,7 @@ impl FusedTrainer {
                 grid_exponent: grid,
                 shuffle_same_time: self.same_time.clone(),
                 trainable: plan.trainable.clone(),
+                exclude_seen: self.candidates.exclude_seen,
                 ..DpSgdConfig::default()
             };
             Ok((config, release))

@@ -87,6 +87,11 @@ pub struct DpSgdConfig {
     /// signal that noise over all of them would bury. What is released is still one Gaussian
     /// mechanism per step at sensitivity C: the accounting does not change.
     pub trainable: Vec<String>,
+    /// Leave each position's earlier items out of its softmax
+    /// ([`CandidateConfig::exclude_seen`]). The mask is read from the shopper's own sequence
+    /// alone, so each clipped per-shopper gradient still depends on that shopper alone and the
+    /// privacy charged is unchanged.
+    pub exclude_seen: bool,
 }
 
 impl Default for DpSgdConfig {
@@ -104,6 +109,7 @@ impl Default for DpSgdConfig {
             grid_exponent: fedfuse_privacy::noise::DEFAULT_GRID_EXPONENT,
             shuffle_same_time: None,
             trainable: Vec::new(),
+            exclude_seen: false,
         }
     }
 }
@@ -707,7 +713,7 @@ pub fn train_dp_sgd_with(
             let candidates = CandidateConfig {
                 in_batch: 0,
                 uniform: config.negatives,
-                exclude_seen: false,
+                exclude_seen: config.exclude_seen,
             };
             batch(
                 reordered.as_deref().unwrap_or(sequences),

@@ -515,6 +515,7 @@ pub fn run_dp_experiment(
         let dims = model.num_params();
         let (mut config, mut spend) = plan_dp_sgd(plan, shoppers, dims, experiment.shape.max_len)?;
         config.shuffle_same_time = experiment.train.shuffle_same_time.clone();
+        config.exclude_seen = experiment.train.candidates.exclude_seen;
         let per_epoch = (1.0 / config.sampling_rate).ceil() as usize;
         let (model, report) = train_dp_sgd_with(model, &train_catalog, &group.sequences, &config, per_epoch, |r, m| {
             let valid = m.valid();
