@@ -9,6 +9,10 @@
 //!   cargo bench --bench quality -- --in-batch 0 --uniform 1682   # the exact softmax
 //!   cargo bench --bench quality -- --epochs 30 --patience 30 --window-stride 25
 //!       # the cosine decayed over 30 epochs (best validated epoch kept), context windows
+//!   cargo bench --bench quality -- --in-batch 0 --uniform 1682 --epochs 30 --patience 30 \
+//!       --window-stride 25 --exclude-seen --average-from 16
+//!       # the recipe chosen by validation (BENCHMARKS.md): also seen items out of the softmax,
+//!       # the mean of epochs 16–30's weights tested
 //!
 //! Skips (and says so) when the MovieLens folder is absent.
 
@@ -38,6 +42,8 @@ struct Args {
     epochs: usize,
     patience: usize,
     window_stride: Option<usize>,
+    /// Test the mean of the weights after this epoch onwards instead of the best epoch.
+    average_from: Option<usize>,
 }
 
 fn args() -> Args {
@@ -83,6 +89,7 @@ fn args() -> Args {
         epochs: value("--epochs").map_or(200, |v| v.parse().expect("--epochs takes an integer")),
         patience: value("--patience").map_or(10, |v| v.parse().expect("--patience takes an integer")),
         window_stride: value("--window-stride").map(|v| v.parse().expect("--window-stride takes an integer")),
+        average_from: value("--average-from").map(|v| v.parse().expect("--average-from takes an integer")),
     }
 }
 
@@ -185,7 +192,7 @@ fn main() {
             shape,
             train: train.clone(),
             patience: args.patience,
-            selection: Selection::BestValidated,
+            selection: args.average_from.map_or(Selection::BestValidated, Selection::AverageFrom),
             scoring,
             grouping: Grouping::Pooled,
         };
@@ -227,7 +234,17 @@ fn main() {
             c.in_batch, c.uniform
         )
     };
-    let stopping = if args.patience >= args.epochs {
+    let loss = if c.exclude_seen {
+        format!("{loss}, the shopper's earlier items left out of each softmax (--exclude-seen)")
+    } else {
+        loss
+    };
+    let stopping = if let Some(k) = args.average_from {
+        format!(
+            "the mean of the weights after epochs {k}–{} tested (stochastic weight averaging)",
+            args.epochs
+        )
+    } else if args.patience >= args.epochs {
         format!("the best validated epoch (HR@10) of {}", args.epochs)
     } else {
         format!("early stopping on validation HR@10 (patience {})", args.patience)
