@@ -39,7 +39,7 @@ impl<'a> FusedScorer<'a> {
         Self {
             model,
             catalog,
-            candidates: model.items.catalog_vectors(catalog),
+            candidates: model.catalog_vectors(catalog),
         }
     }
 }

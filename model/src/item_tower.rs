@@ -153,6 +153,16 @@ impl ItemTower {
         self.rows(ids, catalog).vectors()
     }
 
+    /// ID vectors of items `ids` (`[E, N]`) with a zero content vector: what a model that reads
+    /// items by ID alone needs, without touching (or, in training, tracking) the content tables.
+    pub fn id_vectors(&self, ids: Tensor<2, Int>) -> ItemVectors {
+        let id = lookup2(&self.id, ids);
+        ItemVectors {
+            content: Tensor::zeros(id.dims(), &id.device()),
+            id,
+        }
+    }
+
     /// Vectors of the whole catalog, items 1..=n, as `[1, n, d]` (for full ranking).
     pub fn catalog_vectors(&self, catalog: &CatalogTensors) -> ItemVectors {
         let n = catalog.vocabulary.items - 1;

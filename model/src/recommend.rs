@@ -89,7 +89,7 @@ impl<'a> Recommender<'a> {
             model,
             tensors,
             catalog,
-            candidates: model.items.catalog_vectors(tensors),
+            candidates: model.catalog_vectors(tensors),
             popularity: (0..catalog.len())
                 .map(|i| (1.0 + item_counts.get(i).copied().unwrap_or(0) as f32).ln())
                 .collect(),

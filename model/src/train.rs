@@ -161,8 +161,8 @@ pub fn position_losses(
     branch_weight: f64,
 ) -> Tensor<3> {
     let states = model.encode(batch.history.clone(), catalog);
-    let targets = model.items.vectors(batch.target.clone(), catalog);
-    let candidates = model.items.vectors(batch.candidates.clone(), catalog);
+    let targets = model.item_vectors(batch.target.clone(), catalog);
+    let candidates = model.item_vectors(batch.candidates.clone(), catalog);
     let positive = model.score_pairs(&states, &targets);
     let negative = model.score(&states, &candidates);
     let corrected = |p: Tensor<3>, n: Tensor<3>| {
