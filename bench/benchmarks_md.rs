@@ -19,3 +19,18 @@ pub fn write_section(workspace: &Path, name: &str, table: &str) {
     std::fs::write(&path, new).expect("BENCHMARKS.md is writable");
     println!("wrote {}", path.display());
 }
+
+/// The machine a table was measured on, "model name (N cores)" from /proc/cpuinfo.
+#[allow(dead_code)] // not every benchmark including this file names its CPU
+pub fn cpu_name() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("{cpu} ({cores} cores)")
+}

@@ -203,7 +203,7 @@ fn main() {
         .unwrap_or_else(|| "not run".into());
     let mut table = format!(
         "## Model speed on the CPU against PyTorch\n\n`cargo bench --bench model_speed` on {}: MovieLens-100K, the fused model (dim {}, max_len {}, MLP head {}, {} parameters), batches of {BATCH} windows with 256 in-batch + 256 uniform candidates, {STEPS} timed steps after 5 warm-up; reference: `bench/torch_reference.sh` (torch {torch_version}, opacus {opacus_version}, same architecture, data and batches, 2 threads) in the same run. DP-SGD: one step on the same {BATCH} shoppers (one window each, 256 uniform candidates), clip 1, σ = 1; median of {DP_STEPS}; the DP step's noise for the next step is drawn on a thread of its own while the gradients compute (`NoisePrefetch`). {}\n\n| measurement | fedfuse (burn flex) | PyTorch | fedfuse / PyTorch |\n|---|---|---|---|\n",
-        cpu_name(),
+        benchmarks_md::cpu_name(),
         shape.dim,
         shape.max_len,
         shape.head,
@@ -260,17 +260,4 @@ fn malloc_note() -> String {
             set.join(" ")
         )
     }
-}
-
-fn cpu_name() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    format!("{cpu} ({cores} cores)")
 }

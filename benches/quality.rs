@@ -258,7 +258,7 @@ fn main() {
     });
     let mut table = format!(
         "## Quality on MovieLens-100K\n\n`cargo bench --bench quality` on {} ({} s). Protocol: per shopper, events sorted by (time, item id), last = test, second-last = validation; HR@10 and NDCG@10 by full ranking over the catalog minus the shopper's history (which decides) and against 99 sampled negatives (fixed seed); also on the {} of {} test shoppers whose last two events have distinct timestamps. Neural rows: mean ± sample std over seeds {seeds}, dim {}, max_len {}, {stopping}, batch 32 windows{windows}, AdamW lr 1e-3 with warm-up and cosine decay over {} epochs, {loss}. CPU (flex).\n\n| model | HR@10 full | NDCG@10 full | HR@10 sampled | NDCG@10 sampled | HR@10 full, distinct ts | NDCG@10 full, distinct ts | note |\n|---|---|---|---|---|---|---|---|\n",
-        cpu_name(),
+        benchmarks_md::cpu_name(),
         started.elapsed().as_secs(),
         pop.full.distinct_timestamps.cases,
         pop.full.overall.cases,
@@ -291,17 +291,4 @@ fn main() {
     if args.write {
         benchmarks_md::write_section(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), "quality-ml100k", &table);
     }
-}
-
-fn cpu_name() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    format!("{cpu} ({cores} cores)")
 }
