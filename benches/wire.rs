@@ -185,15 +185,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks for a list; this benchmark has no test cases.
     }
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let machine = benchmarks_md::cpu_name();
     let values: Vec<f32> = (0..FLOATS)
         .map(|i| ((i as u64 * 2_654_435_761) % 20_001) as f32 / 10_000.0 - 1.0)
         .collect();
@@ -264,7 +256,7 @@ fn main() {
     }
 
     let mut table = format!(
-        "## Wire: codec throughput and loopback goodput\n\n`cargo bench --bench wire` on {cpu} ({cores} cores), best of {REPEATS}. \
+        "## Wire: codec throughput and loopback goodput\n\n`cargo bench --bench wire` on {machine}, best of {REPEATS}. \
          Codec GB/s are of f32 input (50M floats = 200 MB). Goodput is frame bytes ({mb:.0} MB) over the time from the first \
          byte sent to the whole frame received; \"with decode\" also counts decoding it into f32 on the receiver.\n\n| measurement | result | detail |\n|---|---|---|\n"
     );

@@ -95,16 +95,9 @@ fn main() {
         "ChaCha20; leaks through low-order bits".into(),
     ));
 
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
+    let machine = benchmarks_md::cpu_name();
     let mut table = format!(
-        "## Noise samplers\n\n`cargo bench -p fedfuse-privacy --bench noise` on {cpu} ({cores} cores), σ = 1 on the 2^{k} grid. \
+        "## Noise samplers\n\n`cargo bench -p fedfuse-privacy --bench noise` on {machine}, σ = 1 on the 2^{k} grid. \
          Fast exact sampler is {:.0}× opendp per core.\n\n| sampler | samples/s | detail |\n|---|---|---|\n",
         (5_000_000.0 / fast_one) / (dims as f64 / opendp)
     );
