@@ -31,6 +31,14 @@ pub struct CatalogTensors {
     pub genre_mask: Tensor<2>,
 }
 
+impl CatalogTensors {
+    /// Every item of the catalog, model ids 1..=n, as `[1, n]` (the candidates of full ranking).
+    pub fn item_ids(&self) -> Tensor<2, Int> {
+        let n = self.vocabulary.items - 1;
+        Tensor::<1, Int>::arange(1..n as i64 + 1, &self.category.device()).reshape([1, n])
+    }
+}
+
 /// Plain per-item features (item ids 1..=n map to catalog rows 0..n-1).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ItemFeatures {

@@ -13,7 +13,7 @@ use crate::item_tower::ItemVectors;
 use crate::window::left_padded;
 
 /// Scores histories (data ids, most recent last) against the whole catalog (`candidates`,
-/// from [`crate::item_tower::ItemTower::catalog_vectors`]): `[B, 1, n]`.
+/// from [`crate::fused::FusedRecommender::catalog_vectors`]): `[B, 1, n]`.
 pub fn score_histories(
     model: &FusedRecommender,
     catalog: &CatalogTensors,

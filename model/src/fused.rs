@@ -202,9 +202,7 @@ impl FusedRecommender {
 
     /// Vectors of the whole catalog, items 1..=n, as `[1, n, d]`, as this model reads them.
     pub fn catalog_vectors(&self, catalog: &CatalogTensors) -> ItemVectors {
-        let n = catalog.vocabulary.items - 1;
-        let device = catalog.category.device();
-        self.item_vectors(Tensor::<1, Int>::arange(1..n as i64 + 1, &device).reshape([1, n]), catalog)
+        self.item_vectors(catalog.item_ids(), catalog)
     }
 
     /// As [`encode`](Self::encode), from the history's item vectors.

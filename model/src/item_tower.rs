@@ -162,13 +162,6 @@ impl ItemTower {
             id,
         }
     }
-
-    /// Vectors of the whole catalog, items 1..=n, as `[1, n, d]` (for full ranking).
-    pub fn catalog_vectors(&self, catalog: &CatalogTensors) -> ItemVectors {
-        let n = catalog.vocabulary.items - 1;
-        let device = catalog.category.device();
-        self.vectors(Tensor::<1, Int>::arange(1..n as i64 + 1, &device).reshape([1, n]), catalog)
-    }
 }
 
 impl ItemRows {

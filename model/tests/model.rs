@@ -40,7 +40,7 @@ fn scores(m: &FusedRecommender, catalog: &CatalogTensors, history: Vec<i64>, dev
     let t = history.len();
     let s = m.score(
         &m.encode(ids(history, [1, t], device), catalog).last(),
-        &m.items.catalog_vectors(catalog),
+        &m.catalog_vectors(catalog),
     );
     s.branches
         .into_iter()
