@@ -14,19 +14,20 @@
 
 #[path = "../bench/benchmarks_md.rs"]
 mod benchmarks_md;
+#[path = "../bench/timed_training.rs"]
+mod timed_training;
 
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, DeviceKind};
 use fedfuse_data::source::DataSource;
 use fedfuse_data::split::{Split, SplitConfig};
 use fedfuse_model::catalog::ItemFeatures;
 use fedfuse_model::fit::{ModelShape, TITLE_LEN};
 use fedfuse_model::recommend::Recommender;
-use fedfuse_model::train::{Objective, loss};
-use fedfuse_model::window::{CandidateConfig, SplitMix, Window, batch, windows};
+use fedfuse_model::window::{SplitMix, Window, windows};
+use timed_training::timed_training;
 
 const BATCH: usize = 32;
 const WARM_UP: usize = 5;
@@ -45,35 +46,21 @@ fn measure(device: &Device, dataset: &fedfuse_data::Dataset, split: &Split, step
     let train_device = device.clone().autodiff();
     let catalog = features.to_tensors(vocabulary, &train_device);
     let sequences = split.train_sequences();
-    let n_items = dataset.catalog.len();
     let mut all: Vec<Window> = windows(&sequences, shape.max_len);
     // The same shuffle and candidate draws on every device: the same batches.
     let mut rng = SplitMix(7);
     rng.shuffle(&mut all);
-    let mut model = shape.config(&vocabulary).init(&train_device);
-    let mut optim = AdamWConfig::new().with_weight_decay(1e-4).init();
-    let (mut predictions, mut seconds) = (0usize, 0f64);
-    for (i, chunk) in all.chunks(BATCH).take(steps + WARM_UP).enumerate() {
-        let t = Instant::now();
-        let b = batch(
-            &sequences,
-            chunk,
-            n_items,
-            CandidateConfig::default(),
-            shape.max_len,
-            &mut rng,
-            &train_device,
-        );
-        let l = loss(&model, &b, &catalog, Objective::SampledSoftmax, 0.0);
-        let grads = GradientsParams::from_grads(l.backward(), &model);
-        model = optim.step(1e-3, model, grads);
-        // Reading the loss waits for the device, so each step is timed to its end.
-        let _ = l.into_scalar::<f32>();
-        if i >= WARM_UP {
-            seconds += t.elapsed().as_secs_f64();
-            predictions += b.predictions;
-        }
-    }
+    let (model, train) = timed_training(
+        shape.config(&vocabulary).init(&train_device),
+        &catalog,
+        &sequences,
+        &all,
+        dataset.catalog.len(),
+        shape.max_len,
+        (BATCH, steps, WARM_UP),
+        &mut rng,
+        &train_device,
+    );
     let plain = model.valid();
     let plain_catalog = features.to_tensors(vocabulary, device);
     let counts: Vec<u32> = split.train_item_counts().to_vec();
@@ -91,7 +78,7 @@ fn measure(device: &Device, dataset: &fedfuse_data::Dataset, split: &Split, step
             .len();
     }
     Speed {
-        train: predictions as f64 / seconds,
+        train,
         recommend: served as f64 / t.elapsed().as_secs_f64(),
     }
 }

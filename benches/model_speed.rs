@@ -12,6 +12,8 @@
 
 #[path = "../bench/benchmarks_md.rs"]
 mod benchmarks_md;
+#[path = "../bench/timed_training.rs"]
+mod timed_training;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -27,6 +29,7 @@ use fedfuse_model::fit::{ModelShape, TITLE_LEN};
 use fedfuse_model::recommend::Recommender;
 use fedfuse_model::train::{Objective, loss};
 use fedfuse_model::window::{CandidateConfig, SplitMix, Window, batch, windows};
+use timed_training::timed_training;
 
 const BATCH: usize = 32;
 const STEPS: usize = 60;
@@ -70,29 +73,17 @@ fn main() {
 
     // Training throughput, batch building included.
     eprintln!("training…");
-    let mut model = config.init(&train_device);
-    let mut optim = AdamWConfig::new().with_weight_decay(1e-4).init();
-    let (mut predictions, mut seconds) = (0usize, 0f64);
-    for (i, chunk) in all.chunks(BATCH).take(STEPS + 5).enumerate() {
-        let t = Instant::now();
-        let b = batch(
-            &sequences,
-            chunk,
-            n_items,
-            CandidateConfig::default(),
-            shape.max_len,
-            &mut rng,
-            &train_device,
-        );
-        let l = loss(&model, &b, &catalog, Objective::SampledSoftmax, 0.0);
-        let grads = GradientsParams::from_grads(l.backward(), &model);
-        model = optim.step(1e-3, model, grads);
-        if i >= 5 {
-            seconds += t.elapsed().as_secs_f64();
-            predictions += b.predictions;
-        }
-    }
-    let train_rate = predictions as f64 / seconds;
+    let (model, train_rate) = timed_training(
+        config.init(&train_device),
+        &catalog,
+        &sequences,
+        &all,
+        n_items,
+        shape.max_len,
+        (BATCH, STEPS, 5),
+        &mut rng,
+        &train_device,
+    );
 
     // Recommendations: top 10 over the catalog minus the history, for every evaluated shopper.
     eprintln!("recommending…");
